@@ -1,0 +1,27 @@
+"""flowsolve: symbolic-numeric solver for the learning dynamics of neural networks.
+
+The public API, one verb per capability. See README.md and docs/.
+"""
+
+import importlib.metadata
+
+from . import symbolic as symbolic
+from ._observables import (
+    pair_distances as pair_distances,
+    predict_distances as predict_distances,
+    two_point_observables as two_point_observables,
+    TwoPointObservables as TwoPointObservables,
+)
+from ._results import RESULTS as RESULTS
+from ._theory import (
+    EffectiveTheory as EffectiveTheory,
+    from_regular as from_regular,
+    solve_theory as solve_theory,
+    TheorySolution as TheorySolution,
+    to_regular as to_regular,
+)
+
+try:
+    __version__ = importlib.metadata.version("flowsolve")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree
+    __version__ = "0.1.0"
