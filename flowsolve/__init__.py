@@ -17,6 +17,7 @@ from ._theory import (
     EffectiveTheory as EffectiveTheory,
     from_regular as from_regular,
     solve_theory as solve_theory,
+    solve_theory_batch as solve_theory_batch,
     TheorySolution as TheorySolution,
     to_regular as to_regular,
 )

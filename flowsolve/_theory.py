@@ -215,7 +215,8 @@ class TheorySolution(eqx.Module):
     - `t_collision`: the first collision time (`inf` when none), located between the save times
       bracketing the sign change by cubic Hermite interpolation (error O(Δt⁴)).
     - `result`: a `flowsolve.RESULTS`; `RESULTS.successful` unless the solve failed.
-    - `stats`: diffrax step statistics (`num_steps`, `num_accepted_steps`, `num_rejected_steps`).
+    - `stats`: diffrax step statistics (`num_steps`, `num_accepted_steps`, `num_rejected_steps`)
+      and `t_final`, the time the solve reached (< `t1` after a steady-state stop).
     """
 
     ts: Float[Array, " times"]
@@ -230,7 +231,7 @@ class TheorySolution(eqx.Module):
     collided: Bool[Array, ""]
     t_collision: Float[Array, ""]
     result: RESULTS
-    stats: dict[str, Int[Array, ""]]
+    stats: dict[str, Array]
 
     @property
     def state(self) -> Float[Array, "times 3"]:
@@ -252,6 +253,7 @@ def solve_theory(
     m0: RealScalarLike = 0.0,
     eta_mean: RealScalarLike = 0.0,
     adjoint: diffrax.AbstractAdjoint | None = None,
+    stop_at_steady_state: bool = True,
     throw: bool = True,
 ) -> TheorySolution:
     """Solve the effective theory from `state0 = [h0, y0, w0]` over gradient-flow time `[t0, t1]`.
@@ -279,6 +281,10 @@ def solve_theory(
     - `max_steps`: the most solver steps.
     - `m0`, `eta_mean`: the initial mean error and its rate, for the `loss` (`THEORY.md` §2).
     - `adjoint`: a diffrax adjoint (e.g. `diffrax.ForwardMode()` to differentiate with `jax.jacfwd`).
+    - `stop_at_steady_state`: stop integrating once the state sits on the zero-loss set and has
+      less than the tolerance left to move (estimated from the slower convergence rate at the
+      closed-form fixed point); later save times then hold that final state. Saves the long
+      stability-limited tail of steps. `stats["t_final"]` is where the solve stopped.
     - `throw`: raise on failure (max steps, non-finite state). With `throw=False` the failure is
       reported in `result` instead, as batched users need.
 
@@ -333,7 +339,7 @@ def solve_theory(
     # Everything numeric travels as an array, so that new values reuse the compiled solve.
     t0, t1, m0, eta_mean = (jnp.asarray(v, dtype) for v in (t0, t1, m0, eta_mean))
     return _solve(theory, jnp.asarray(state0, dtype), t0, t1, ts, solver, rtol, atol, max_steps,
-                  m0, eta_mean, adjoint, throw)
+                  m0, eta_mean, adjoint, throw, stop_at_steady_state)
 
 
 def _check_state(theory: EffectiveTheory, state0) -> None:
@@ -375,12 +381,38 @@ of 17, 39 363 steps at 3.6e3 and over 170 000 from 1.6e4 on; Kvaerno5 stayed und
 everywhere (η_h/η_y from 1e-3 to 1e3, h0 from 1e-3 to 1e2)."""
 
 
+def _steady_state(theory: EffectiveTheory, rate: Array, rtol: float, atol: float):
+    """Event condition: the state is on the zero-loss set and will move less than the tolerance.
+
+    Near the fixed point the state relaxes like exp(−λ·t) with λ ≥ `rate` (the slower of the two
+    convergence rates), so what is left to move is at most |d/dt| / λ per coordinate. The solve stops
+    when that is below `atol + rtol·|coordinate|` for every regular coordinate, and the output
+    residual ‖dŷ − dy*‖² is below the same tolerance (which excludes a slow plateau far from the
+    fixed set, e.g. the start of a rich trajectory).
+    """
+
+    def cond_fn(t, state, args, **kwargs):
+        del kwargs
+        field = _regular_vector_field(t, state, theory)
+        small = [jnp.abs(f) <= rate * (atol + rtol * jnp.abs(c)) for f, c in zip(field, state)]
+        a, u_par, u_perp = state
+        residual = (a * u_par - jnp.sqrt(theory.dy2)) ** 2 + (a * u_perp) ** 2
+        on_zero_loss_set = residual <= atol + rtol * theory.dy2
+        return small[0] & small[1] & small[2] & on_zero_loss_set
+
+    return cond_fn
+
+
 @eqx.filter_jit
-def _solve(theory, state0, t0, t1, ts, solver, rtol, atol, max_steps, m0, eta_mean, adjoint, throw):
+def _solve(theory, state0, t0, t1, ts, solver, rtol, atol, max_steps, m0, eta_mean, adjoint, throw, stop_at_steady_state):
     y0 = to_regular(theory, state0)
     term = diffrax.ODETerm(_regular_vector_field)
     controller = diffrax.PIDController(rtol=rtol, atol=atol)
     kwargs = {} if adjoint is None else {"adjoint": adjoint}
+    if stop_at_steady_state:
+        _, _, h_inf = theory.fixed_point(state0[0], state0[1])
+        rate = jnp.minimum(*theory.convergence_rates(h_inf))
+        kwargs["event"] = diffrax.Event(_steady_state(theory, rate, rtol, atol))
     sol = diffrax.diffeqsolve(
         term,
         solver,
@@ -389,17 +421,26 @@ def _solve(theory, state0, t0, t1, ts, solver, rtol, atol, max_steps, m0, eta_me
         None,
         y0,
         args=theory,
-        saveat=diffrax.SaveAt(ts=ts),
+        saveat=diffrax.SaveAt(ts=ts, t1=True),
         stepsize_controller=controller,
         max_steps=max_steps,
         throw=False,
         **kwargs,
     )
-    a, u_par, u_perp = sol.ys
+    result = RESULTS.promote(sol.result)
+    stopped = result == RESULTS.event_occurred
+    result = RESULTS.where(stopped, RESULTS.successful, result)
+    # diffrax saves the final state right after the last save time it reached. After a
+    # steady-state stop the later save times hold that final state (it moves less than the
+    # tolerance from there on).
+    n_reached = jnp.sum(jnp.isfinite(sol.ts)) - 1
+    index = jnp.arange(ts.shape[0])
+    after_stop = index >= n_reached
+    t_final = sol.ts[n_reached]
+    a, u_par, u_perp = (jnp.where(after_stop, y[n_reached], y[:-1]) for y in sol.ys)
     h, y, w = from_regular(theory, a, u_par, u_perp)
     conserved = a**2 - theory.rate_ratio * theory.dx2 * (u_par**2 + u_perp**2)
     loss = theory.loss(jnp.stack([h, y, w], axis=-1), m0, eta_mean, ts)
-    result = RESULTS.promote(sol.result)
     finite = jnp.all(jnp.isfinite(h) & jnp.isfinite(y) & jnp.isfinite(w))
     result = RESULTS.where(
         (result == RESULTS.successful) & ~finite, RESULTS.nonfinite_state, result
@@ -408,10 +449,112 @@ def _solve(theory, state0, t0, t1, ts, solver, rtol, atol, max_steps, m0, eta_me
     if throw:
         h = result.error_if(h, result != RESULTS.successful)
     stats = {k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
+    stats["t_final"] = t_final
     return TheorySolution(
         ts=ts, h=h, y=y, w=w, loss=loss, conserved=conserved, a=a, u_par=u_par, u_perp=u_perp,
         collided=collided, t_collision=t_collision, result=result, stats=stats,
     )
+
+
+def solve_theory_batch(
+    theory: EffectiveTheory,
+    states0: Float[ArrayLike, "batch 3"],
+    t1: RealScalarLike,
+    *,
+    buckets: int = 16,
+    ts: Float[ArrayLike, " times"] | None = None,
+    **kwargs,
+) -> TheorySolution:
+    """Solve many initial states at once, without the batch paying for its slowest member.
+
+    A vmapped adaptive solve steps all members in lockstep until the slowest one finishes, and the
+    cost of a member is set mostly by its stiffness (`EffectiveTheory.stiffness`): over random
+    starts, one member in a thousand can need ten times the median number of steps. This sorts
+    the members by stiffness, splits them into `buckets` equal chunks and solves each chunk with
+    one jitted, vmapped `solve_theory` (one compilation for all chunks), so that a chunk runs only
+    as long as its own slowest member. Results come back in the input order.
+
+    **Arguments:**
+
+    - `theory`: an `EffectiveTheory` whose fields are scalars (shared by all members) or have a
+      leading axis of length `batch`.
+    - `states0`: `(batch, 3)` admissible initial states `[h0, y0, w0]`.
+    - `t1`: the final time, shared by all members.
+    - `buckets`: how many chunks (16 cut the lockstep overhead from 11× to 1.7× in
+      `benchmarks/bench_theory.py`).
+    - `ts`, and any other keyword argument of `solve_theory` (`solver`, `rtol`, `atol`,
+      `max_steps`, `m0`, `eta_mean`, `t0`), shared by all members. `throw` is always `False`:
+      each member's `result` says whether it succeeded.
+
+    **Returns:** a `TheorySolution` whose arrays have a leading axis of length `batch`.
+    """
+    if not isinstance(theory, EffectiveTheory):
+        raise ValueError(f"`theory` must be an EffectiveTheory, got {type(theory).__name__}.")
+    states0 = np.asarray(states0, dtype=theory.eta_h.dtype)
+    if states0.ndim != 2 or states0.shape[1] != 3 or states0.shape[0] < 1:
+        raise ValueError(f"`states0` must have shape (batch, 3), got {states0.shape}.")
+    if not (isinstance(buckets, int) and buckets >= 1):
+        raise ValueError(f"`buckets` must be a positive int, got {buckets!r}.")
+    if "throw" in kwargs:
+        raise ValueError("`solve_theory_batch` never throws; read each member's `result` instead.")
+    n = states0.shape[0]
+    try:
+        fields = [np.broadcast_to(np.asarray(f), (n,)) for f in (theory.eta_h, theory.eta_y, theory.dx2, theory.dy2)]
+    except ValueError:
+        raise ValueError(
+            f"`theory`'s fields must be scalars or have a leading axis of length {n} (the batch)."
+        ) from None
+    _check_states(states0, fields[3])
+    t0 = kwargs.pop("t0", 0.0)
+    if ts is None:
+        ts = np.linspace(t0, t1, 101)
+    stiffness = np.asarray(EffectiveTheory(*fields).stiffness(states0[:, 0], states0[:, 1]))
+    order = np.argsort(stiffness, kind="stable")
+    buckets = min(buckets, n)
+    size = -(-n // buckets)
+    # Equal chunk sizes (the last padded with copies of the stiffest member): one compilation.
+    padded = np.concatenate([order, np.full(size * buckets - n, order[-1])])
+    dtype = states0.dtype
+    times = (jnp.asarray(t0, dtype), jnp.asarray(t1, dtype), jnp.asarray(ts, dtype))
+    # Chunks go round-robin to every device JAX sees; dispatch is asynchronous, so they run
+    # concurrently (e.g. one per core with XLA_FLAGS=--xla_force_host_platform_device_count=2).
+    devices = jax.devices()
+    chunks = []
+    for b in range(buckets):
+        idx = padded[b * size : (b + 1) * size]
+        inputs = (EffectiveTheory(*(f[idx] for f in fields)), states0[idx], times)
+        inputs = jax.device_put(inputs, devices[b % len(devices)])
+        chunks.append(_solve_chunk(*inputs, kwargs))
+    chunks = jax.device_get(chunks)
+    inverse = np.empty(n, dtype=int)
+    inverse[order] = np.arange(n)
+    return jax.tree_util.tree_map(lambda *xs: jnp.asarray(np.concatenate(xs)[:n][inverse]), *chunks)
+
+
+def _check_states(states0: np.ndarray, dy2: np.ndarray) -> None:
+    h0, y0, w0 = states0.T
+    checks = [
+        (~np.isfinite(states0).all(axis=1), "must be finite"),
+        (h0 <= 0, "needs h0 > 0 (the (h, y, w) system is singular at h = 0)"),
+        (y0 < 0, "needs y0 ≥ 0"),
+        ((y0 - w0) ** 2 > dy2 * y0 * (1 + 1e-10) + 1e-300, "is not admissible: (y0 − w0)² ≤ dy2·y0 is required"),
+    ]
+    for bad, message in checks:
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"`states0[{i}]` = {states0[i].tolist()} {message} ({int(bad.sum())} such rows).")
+
+
+@eqx.filter_jit
+def _solve_chunk(theory, states0, times, kwargs):
+    t0, t1, ts = times
+    kwargs = dict(kwargs)
+    solver = kwargs.pop("solver", None) or diffrax.Tsit5()
+
+    def one(th, s):
+        return solve_theory(th, s, t1, t0=t0, ts=ts, solver=solver, throw=False, **kwargs)
+
+    return jax.vmap(one)(theory, states0)
 
 
 def _first_collision(theory, ts, a, u_par, u_perp):

@@ -254,3 +254,60 @@ def test_theory_must_be_effective_theory():
 def test_traced_bad_parameter_raises_at_runtime():
     with pytest.raises(eqx.EquinoxRuntimeError, match="eta_h > 0"):
         eqx.filter_jit(lambda e: EffectiveTheory(e, 1.0, 1.0, 0.5).eta_h)(jnp.asarray(-1.0))
+
+
+def test_steady_state_stop_saves_steps_and_keeps_accuracy():
+    theory = EffectiveTheory(1.0, 1.0, 1.0, 0.5)
+    state0 = [0.05, 0.02, -0.05]
+    ts = jnp.linspace(0.0, 300.0, 61)
+    stopped = solve_theory(theory, state0, 300.0, ts=ts)
+    full = solve_theory(theory, state0, 300.0, ts=ts, stop_at_steady_state=False)
+    assert float(stopped.stats["t_final"]) < 300.0
+    assert int(stopped.stats["num_steps"]) < int(full.stats["num_steps"])
+    # The stop leaves less than atol + rtol·|value| to move; the unstopped tail itself wanders
+    # by a few rtol (global error of the long solve; w by ±3e-8 around 0, measured), so the two
+    # agree to 1e-7 relative or 5e-8 absolute...
+    np.testing.assert_allclose(stopped.h, full.h, rtol=1e-7, atol=5e-8)
+    np.testing.assert_allclose(stopped.y, full.y, rtol=1e-7, atol=5e-8)
+    np.testing.assert_allclose(stopped.w, full.w, rtol=1e-7, atol=5e-8)
+    # ...and the stopped final state is as close to the closed form as the full solve's.
+    h_inf = float(theory.fixed_point(state0[0], state0[1])[2])
+    assert abs(float(stopped.h[-1]) - h_inf) <= max(abs(float(full.h[-1]) - h_inf), 1e-8 * h_inf)
+
+
+def test_solve_theory_batch_equals_single_solves():
+    from flowsolve import solve_theory_batch
+
+    rng = np.random.default_rng(5)
+    n = 23
+    dy2 = 0.5
+    states = np.stack([admissible_state(rng, dy2) for _ in range(n)])
+    eta_h = 10 ** rng.uniform(-1, 1, size=n)
+    theory = EffectiveTheory(eta_h, 1.0, 1.0, dy2)
+    ts = np.linspace(0.0, 30.0, 7)
+    batch = solve_theory_batch(theory, states, 30.0, ts=ts, buckets=4)
+    one_bucket = solve_theory_batch(theory, states, 30.0, ts=ts, buckets=1)
+    assert batch.h.shape == (n, 7)
+    np.testing.assert_array_equal(batch.result == RESULTS.successful, True)
+    for i in (0, 7, 22):
+        single = solve_theory(EffectiveTheory(eta_h[i], 1.0, 1.0, dy2), states[i], 30.0, ts=ts, solver=diffrax.Tsit5())
+        np.testing.assert_allclose(batch.h[i], single.h, rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(batch.w[i], single.w, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(batch.h, one_bucket.h, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "states, kwargs, match",
+    [
+        (np.zeros((3,)), {}, "shape"),
+        (np.array([[1.0, 0.1, 0.0], [1.0, 0.1, 2.0]]), {}, r"states0\[1\].*admissible"),
+        (np.array([[1.0, 0.1, 0.0], [0.0, 0.1, 0.0]]), {}, r"states0\[1\].*h0 > 0"),
+        (np.array([[1.0, 0.1, 0.0]]), dict(buckets=0), "buckets"),
+        (np.array([[1.0, 0.1, 0.0]]), dict(throw=True), "never throws"),
+    ],
+)
+def test_solve_theory_batch_bad_input(states, kwargs, match):
+    from flowsolve import solve_theory_batch
+
+    with pytest.raises(ValueError, match=match):
+        solve_theory_batch(EffectiveTheory(1.0, 1.0, 1.0, 0.5), states, 10.0, **kwargs)
