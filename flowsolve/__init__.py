@@ -5,7 +5,14 @@ The public API, one verb per capability. See README.md and docs/.
 
 import importlib.metadata
 
-from . import symbolic as symbolic
+from . import experiments as experiments, symbolic as symbolic
+from ._flow import (
+    FlowSolution as FlowSolution,
+    gradient_descent as gradient_descent,
+    gradient_flow as gradient_flow,
+    mse_loss as mse_loss,
+    two_point_observer as two_point_observer,
+)
 from ._observables import (
     pair_distances as pair_distances,
     predict_distances as predict_distances,

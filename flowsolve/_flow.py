@@ -1,0 +1,364 @@
+"""The exact gradient flow dθ/dt = −∇L(θ) of Equinox networks, and its discrete counterpart."""
+
+from collections.abc import Callable
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, ArrayLike, Float, PyTree
+
+from ._custom_types import RealScalarLike
+from ._observables import two_point_observables
+from ._results import RESULTS
+from ._validation import check_positive, concrete_array, is_concrete
+
+Loss = Callable[[Any, Array, Array], Array]
+Observer = Callable[[Any, Array, Array], dict[str, Array]]
+
+
+class FlowSolution(eqx.Module):
+    """The result of `gradient_flow` or `gradient_descent`.
+
+    Time is gradient-flow time: for `gradient_descent`, `t = lr · step`.
+
+    **Fields:**
+
+    - `ts`: the observation times.
+    - `observed`: dict name → values stacked over `ts` (leading axis `len(ts)`). Times after an early
+      stop (`loss_threshold`) hold `inf`.
+    - `model`: the model at the final time.
+    - `result`: a `flowsolve.RESULTS`.
+    - `stats`: solver statistics: `num_steps`, `num_accepted_steps`, `num_rejected_steps`,
+      `gradient_evaluations`, `t_final` (the time reached) for flows; `steps` and `t_final` for descent.
+    """
+
+    ts: Float[Array, " times"]
+    observed: dict[str, Array]
+    model: Any
+    result: RESULTS
+    stats: dict[str, Array]
+
+
+def mse_loss(model, inputs: Array, targets: Array) -> Array:
+    """The default loss, `½ · mean over points of ‖ŷ − y*‖²` (THEORY.md §1)."""
+    outputs, _ = jax.vmap(model)(inputs)
+    n = inputs.shape[0]
+    return 0.5 * jnp.mean(jnp.sum((outputs - targets).reshape(n, -1) ** 2, axis=1))
+
+
+def two_point_observer(layer: int) -> Observer:
+    """An observer of the loss and the two-point `h, y, w, m` (THEORY.md §1) at hidden `layer`.
+
+    Runs one forward pass. Use it as `observe=` of `gradient_flow`/`gradient_descent` (it is their
+    default for two-point data, at the middle hidden layer).
+    """
+
+    def observe(model, inputs, targets):
+        outputs, hiddens = jax.vmap(model)(inputs)
+        h, y, w, m = two_point_observables(inputs, targets, hiddens[layer], outputs)
+        loss = 0.5 * jnp.mean(jnp.sum((outputs - targets).reshape(2, -1) ** 2, axis=1))
+        return {"loss": loss, "h": h, "y": y, "w": w, "m": m}
+
+    return observe
+
+
+def _loss_observer(loss: Loss) -> Observer:
+    return lambda model, inputs, targets: {"loss": loss(model, inputs, targets)}
+
+
+def _dict_observer(observe: dict[str, Callable]) -> Observer:
+    return lambda model, inputs, targets: {name: fn(model, inputs, targets) for name, fn in observe.items()}
+
+
+def _prepare(model, inputs, targets, observe, layer, loss) -> tuple[Array, Array, Observer, Loss]:
+    """Validate at the boundary; return arrays, the observer and the loss."""
+    if not isinstance(model, eqx.Module):
+        raise ValueError(f"`model` must be an Equinox module (eqx.Module), got {type(model).__name__}.")
+    params = eqx.filter(model, eqx.is_inexact_array)
+    leaves = jax.tree_util.tree_leaves(params)
+    if not leaves:
+        raise ValueError("`model` has no inexact (floating-point) array leaves: there is nothing to train.")
+    for leaf in leaves:
+        value = concrete_array(leaf)
+        if value is not None and not np.all(np.isfinite(value)):
+            raise ValueError("`model` has non-finite parameters (inf or NaN).")
+    inputs, targets = jnp.asarray(inputs), jnp.asarray(targets)
+    if not jnp.issubdtype(inputs.dtype, jnp.inexact):
+        inputs = inputs.astype(leaves[0].dtype)
+    if not jnp.issubdtype(targets.dtype, jnp.inexact):
+        targets = targets.astype(leaves[0].dtype)
+    if inputs.ndim < 1 or targets.ndim < 1 or inputs.shape[0] != targets.shape[0] or inputs.shape[0] < 1:
+        raise ValueError(
+            "`inputs` and `targets` must have the same leading (points) axis, "
+            f"got shapes {inputs.shape} and {targets.shape}."
+        )
+    for name, arr in (("inputs", inputs), ("targets", targets)):
+        value = concrete_array(arr)
+        if value is not None and not np.all(np.isfinite(value)):
+            raise ValueError(f"`{name}` must be finite.")
+    try:
+        out = eqx.filter_eval_shape(model, inputs[0])
+    except Exception as e:  # the model's own error, e.g. a shape mismatch
+        raise ValueError(f"`inputs` of shape {inputs.shape[1:]} per point do not fit the model: {e}") from e
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], tuple)):
+        raise ValueError("`model(x)` must return `(output, hiddens)` with `hiddens` a tuple of arrays.")
+    output, hiddens = out
+    if output.shape != targets.shape[1:]:
+        raise ValueError(
+            f"The model's output has shape {output.shape} per point but `targets` has {targets.shape[1:]}."
+        )
+    if layer is not None:
+        if not isinstance(layer, int) or not -len(hiddens) <= layer < len(hiddens):
+            raise ValueError(f"`layer` must be an int in [{-len(hiddens)}, {len(hiddens) - 1}], got {layer!r}.")
+    loss = mse_loss if loss is None else loss
+    if observe is None:
+        if inputs.shape[0] == 2 and hiddens:
+            observer = two_point_observer(len(hiddens) // 2 if layer is None else layer)
+        else:
+            observer = _loss_observer(loss)
+    elif isinstance(observe, dict):
+        if not all(callable(f) for f in observe.values()):
+            raise ValueError("`observe` must map names to callables `(model, inputs, targets) -> array`.")
+        observer = _dict_observer(observe)
+    elif callable(observe):
+        observer = observe
+    else:
+        raise ValueError("`observe` must be None, a dict name → callable, or a callable returning a dict.")
+    return inputs, targets, observer, loss
+
+
+def _gradient_evaluations(solver, num_steps):
+    """Stages per step of an explicit Runge–Kutta tableau (FSAL saves one), times steps."""
+    tableau = getattr(solver, "tableau", None)
+    if tableau is None or getattr(tableau, "a_diagonal", None) is not None:
+        return jnp.asarray(-1)  # unknown for this solver
+    stages = len(tableau.c) + 1
+    per_step = stages - 1 if tableau.fsal else stages
+    return num_steps * per_step + 1
+
+
+def gradient_flow(
+    model: eqx.Module,
+    inputs: Float[ArrayLike, "points ..."],
+    targets: Float[ArrayLike, "points ..."],
+    t1: RealScalarLike,
+    *,
+    ts: Float[ArrayLike, " times"] | None = None,
+    observe: dict[str, Callable] | Observer | None = None,
+    layer: int | None = None,
+    loss: Loss | None = None,
+    solver: diffrax.AbstractAdaptiveSolver | None = None,
+    rtol: float = 1e-6,
+    atol: float = 1e-8,
+    max_steps: int = 100_000,
+    adjoint: diffrax.AbstractAdjoint | None = None,
+    loss_threshold: float | None = None,
+    throw: bool = True,
+) -> FlowSolution:
+    """Integrate the exact gradient flow `dθ/dt = −∇_θ L(θ)` of a network with an adaptive solver.
+
+    All inexact-array leaves of `model` flow (found with `eqx.is_inexact_array`); everything else is
+    left untouched. Only the observables are saved, never the parameter trajectory, so memory does not
+    grow with parameters × save times.
+
+    **Arguments:**
+
+    - `model`: any Equinox module whose `__call__(x)` maps one input to `(output, hiddens)`.
+    - `inputs`, `targets`: full batch, leading axis the points.
+    - `t1`: the final gradient-flow time (> 0; the flow starts at 0).
+
+    **Other arguments:**
+
+    - `ts`: observation times in `[0, t1]`; default 101 evenly spaced.
+    - `observe`: a dict name → `f(model, inputs, targets) -> array`, or one callable returning a dict.
+      Default: for two points, `two_point_observer(layer)` (loss and `h, y, w, m`); else the loss.
+    - `layer`: the observed hidden layer of the default observer (default: the middle one).
+    - `loss`: `L(model, inputs, targets)`; default `mse_loss` (½·mean‖ŷ − y*‖², THEORY.md §1).
+    - `solver`: an adaptive diffrax solver; default `diffrax.Tsit5()`.
+    - `rtol`, `atol`: tolerances of the PID controller. The flows of piecewise-linear networks are not
+      smooth; check results under tolerance refinement (see `benchmarks/README.md`).
+    - `max_steps`: the most solver steps.
+    - `adjoint`: a diffrax adjoint, for differentiating through the flow.
+    - `loss_threshold`: stop early (a diffrax event) once the loss falls below this.
+    - `throw`: raise on failure (max steps, non-finite state) with the time reached; with
+      `throw=False` the failure is reported in `result` (for vmapped batches).
+
+    **Returns:** a `FlowSolution`.
+
+    !!! example
+
+        ```python
+        exp = flowsolve.experiments.two_points("default", key=jax.random.key(0))
+        sol = flowsolve.gradient_flow(exp.model, exp.inputs, exp.targets, exp.t1, layer=exp.layer)
+        sol.observed["h"]   # ‖dh‖² of hidden layer 10 over time
+        ```
+    """
+    inputs, targets, observer, loss = _prepare(model, inputs, targets, observe, layer, loss)
+    t1_c = concrete_array(t1)
+    if t1_c is not None and not (np.isfinite(t1_c) and t1_c > 0):
+        raise ValueError(f"`t1` must be finite and > 0, got {float(t1_c)!r}.")
+    if not (isinstance(max_steps, int) and max_steps > 0):
+        raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
+    if loss_threshold is not None:
+        check_positive("loss_threshold", loss_threshold)
+    dtype = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))[0].dtype
+    t1 = jnp.asarray(t1, dtype)
+    if ts is None:
+        ts = jnp.linspace(0.0, t1, 101).astype(dtype)
+    else:
+        ts = jnp.asarray(ts, dtype)
+        ts_c = concrete_array(ts)
+        if ts.ndim != 1 or ts.shape[0] < 1:
+            raise ValueError(f"`ts` must be a non-empty 1-d array, got shape {ts.shape}.")
+        if ts_c is not None and t1_c is not None:
+            if np.any(np.diff(ts_c) < 0) or ts_c[0] < 0 or ts_c[-1] > t1_c:
+                raise ValueError(f"`ts` must be non-decreasing and lie in [0, t1] = [0, {float(t1_c)}].")
+    solver = diffrax.Tsit5() if solver is None else solver
+    sol = _flow(model, inputs, targets, t1, ts, observer, loss, solver, rtol, atol, max_steps, adjoint,
+                loss_threshold)
+    return _report(sol, throw, "gradient flow")
+
+
+def _report(sol: FlowSolution, throw: bool, what: str) -> FlowSolution:
+    if not throw:
+        return sol
+    if is_concrete(sol.result):
+        if sol.result != RESULTS.successful:
+            t = float(sol.stats["t_final"])
+            raise RuntimeError(f"The {what} failed at t = {t:.6g}: {RESULTS[sol.result]}")
+        return sol
+    ts = sol.result.error_if(sol.ts, sol.result != RESULTS.successful)
+    return eqx.tree_at(lambda s: s.ts, sol, ts)
+
+
+@eqx.filter_jit
+def _flow(model, inputs, targets, t1, ts, observer, loss, solver, rtol, atol, max_steps, adjoint, loss_threshold):
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+
+    def vector_field(t, p, args):
+        grads = jax.grad(lambda q: loss(eqx.combine(q, static), inputs, targets))(p)
+        return jax.tree_util.tree_map(jnp.negative, grads)
+
+    def save(t, p, args):
+        return observer(eqx.combine(p, static), inputs, targets)
+
+    kwargs = {} if adjoint is None else {"adjoint": adjoint}
+    if loss_threshold is not None:
+        kwargs["event"] = diffrax.Event(
+            lambda t, p, args, **kw: loss(eqx.combine(p, static), inputs, targets) < loss_threshold
+        )
+    saveat = diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts, fn=save), diffrax.SubSaveAt(t1=True)])
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(vector_field),
+        solver,
+        jnp.zeros_like(t1),
+        t1,
+        None,
+        params,
+        saveat=saveat,
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=max_steps,
+        throw=False,
+        **kwargs,
+    )
+    observed, final = sol.ys
+    ts_saved, ts_final = sol.ts
+    result = RESULTS.promote(sol.result)
+    result = RESULTS.where(result == RESULTS.event_occurred, RESULTS.successful, result)
+    reached = jnp.isfinite(ts_saved)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.where(_expand(reached, v), jnp.isfinite(v), True))
+                                for v in jax.tree_util.tree_leaves(observed)]))
+    result = RESULTS.where((result == RESULTS.successful) & ~finite, RESULTS.nonfinite_state, result)
+    final_params = jax.tree_util.tree_map(lambda x: x[0], final)
+    stats = {k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
+    stats["gradient_evaluations"] = _gradient_evaluations(solver, sol.stats["num_steps"])
+    # The time reached: t1 on success, else the last observation time reached.
+    last_reached = jnp.max(jnp.where(reached, ts, -jnp.inf))
+    stats["t_final"] = jnp.where(jnp.isfinite(ts_final[0]), ts_final[0], last_reached)
+    return FlowSolution(ts=ts, observed=observed, model=eqx.combine(final_params, static), result=result,
+                        stats=stats)
+
+
+def _expand(mask, value):
+    return mask.reshape(mask.shape + (1,) * (value.ndim - 1))
+
+
+def gradient_descent(
+    model: eqx.Module,
+    inputs: Float[ArrayLike, "points ..."],
+    targets: Float[ArrayLike, "points ..."],
+    lr: RealScalarLike,
+    steps: int,
+    *,
+    optimizer: optax.GradientTransformation | None = None,
+    observe: dict[str, Callable] | Observer | None = None,
+    layer: int | None = None,
+    loss: Loss | None = None,
+    every: int = 1,
+    throw: bool = True,
+) -> FlowSolution:
+    """Full-batch gradient descent in one `lax.scan`, observed on the gradient-flow clock.
+
+    The discrete counterpart of `gradient_flow`: observations are at steps `0, every, 2·every, …`
+    and their times are `t = lr · step`, so both overlay directly.
+
+    **Arguments:**
+
+    - `model`, `inputs`, `targets`, `observe`, `layer`, `loss`: as for `gradient_flow`.
+    - `lr`: the learning rate (> 0); sets the clock, and the step of the default optimizer.
+    - `steps`: how many updates (≥ 1).
+    - `optimizer`: an optax optimizer; default `optax.sgd(lr)` (plain gradient descent). With another
+      optimizer (e.g. `optax.adam(lr)`) the clock is still `lr · step`.
+    - `every`: observe every `every` steps (`steps` need not be a multiple; the last partial block
+      is run but not observed).
+    - `throw`: raise when the loss or an observable becomes non-finite (the run diverged), with the
+      time reached; with `throw=False` it is reported in `result`.
+
+    **Returns:** a `FlowSolution` (`stats`: `steps`, `t_final`).
+    """
+    inputs, targets, observer, loss = _prepare(model, inputs, targets, observe, layer, loss)
+    check_positive("lr", lr)
+    for name, value in (("steps", steps), ("every", every)):
+        if not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+    optimizer = optax.sgd(lr) if optimizer is None else optimizer
+    dtype = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))[0].dtype
+    sol = _descent(model, inputs, targets, jnp.asarray(lr, dtype), steps, every, optimizer, observer, loss)
+    return _report(sol, throw, "gradient descent")
+
+
+@eqx.filter_jit
+def _descent(model, inputs, targets, lr, steps, every, optimizer, observer, loss):
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    opt_state = optimizer.init(params)
+
+    def step(carry, _):
+        p, s = carry
+        grads = jax.grad(lambda q: loss(eqx.combine(q, static), inputs, targets))(p)
+        updates, s = optimizer.update(grads, s, p)
+        return (optax.apply_updates(p, updates), s), None
+
+    def block(carry, _):
+        carry, _ = jax.lax.scan(step, carry, None, length=every)
+        return carry, observer(eqx.combine(carry[0], static), inputs, targets)
+
+    first = observer(model, inputs, targets)
+    n_obs = steps // every
+    (p, s), rest = jax.lax.scan(block, (params, opt_state), None, length=n_obs)
+    if steps % every:
+        (p, s), _ = jax.lax.scan(step, (p, s), None, length=steps % every)
+    observed = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
+    ts = lr * every * jnp.arange(n_obs + 1, dtype=lr.dtype)
+    finite_rows = jnp.stack(
+        [jnp.all(jnp.isfinite(v).reshape(v.shape[0], -1), axis=1) for v in jax.tree_util.tree_leaves(observed)]
+    ).all(axis=0)
+    all_finite = jnp.all(finite_rows)
+    result = RESULTS.where(all_finite, RESULTS.successful, RESULTS.nonfinite_state)
+    first_bad = jnp.argmin(finite_rows)
+    t_final = jnp.where(all_finite, lr * steps, ts[jnp.maximum(first_bad - 1, 0)])
+    return FlowSolution(ts=ts, observed=observed, model=eqx.combine(p, static), result=result,
+                        stats={"steps": jnp.asarray(steps), "t_final": t_final})

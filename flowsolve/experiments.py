@@ -1,0 +1,122 @@
+"""The paper's two-point settings as data (THEORY.md §5), and a builder for each.
+
+!!! example
+
+    ```python
+    exp = flowsolve.experiments.two_points("default", key=jax.random.key(0))
+    sol = flowsolve.gradient_flow(exp.model, exp.inputs, exp.targets, exp.t1, layer=exp.layer)
+    ```
+"""
+
+import math
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+from jaxtyping import Array, PRNGKeyArray
+
+import models
+
+
+class Setting(NamedTuple):
+    """One row of THEORY.md §5."""
+
+    model: str  # "MLP", "ResMLP", "CNN1d"
+    activation: str
+    gain: float
+    lr: float
+    width: int
+    depth: int
+    epochs: int
+    layer: int
+
+
+SETTINGS: dict[str, Setting] = {
+    "default": Setting("MLP", "leaky_relu", 1.0, 0.01, 500, 20, 3000, 10),
+    "shallow": Setting("MLP", "leaky_relu", 0.35, 0.02, 500, 2, 3000, 1),
+    "narrow": Setting("MLP", "leaky_relu", 1.05, 0.01, 50, 20, 3000, 10),
+    "linear": Setting("MLP", "none", 0.85, 0.0025, 500, 20, 3000, 10),
+    "elu": Setting("MLP", "elu", 0.95, 0.0009, 500, 20, 3000, 10),
+    "tanh": Setting("MLP", "tanh", 0.85, 0.0025, 500, 20, 3000, 10),
+    "relu": Setting("MLP", "relu", 1.0, 0.01, 500, 20, 3000, 10),
+    "swish": Setting("MLP", "silu", 1.7, 0.005, 500, 20, 3000, 10),
+    "skip": Setting("ResMLP", "leaky_relu", 0.1, 0.02, 500, 20, 3000, 10),
+    "cnn": Setting("CNN1d", "leaky_relu", 0.95, 0.004, 500, 10, 3000, 5),
+    "two_layer": Setting("MLP", "none", 0.1, 0.01, 500, 1, 3000, 0),
+}
+"""The reference settings by name (the gain series `gain_g` is `two_points("default", gain=g, lr=...)`)."""
+
+DX2, DY2 = 1.0, 0.5
+"""Squared input and target distances of the reference two-point data."""
+
+
+class TwoPointExperiment(NamedTuple):
+    """Everything needed to run one setting: pass `model, inputs, targets` to `gradient_flow`
+    (with `t1` and `layer`) or to `gradient_descent` (with `lr` and `epochs`)."""
+
+    name: str
+    model: Any
+    inputs: Array
+    targets: Array
+    layer: int
+    lr: float
+    epochs: int
+    t1: float  # = lr · epochs, the gradient-flow time of the paper's run
+    setting: Setting
+
+
+def two_point_data(dx2: float = DX2, dy2: float = DY2, *, in_size: int = 1, out_size: int = 1, x0: float = -1.0,
+                   y0: float = 0.6, dtype=None) -> tuple[Array, Array]:
+    """The paper's two points: inputs `x0` and `x0 + sqrt(dx2)`, targets `y0` and `y0 + sqrt(dy2)`,
+    in every coordinate, each coordinate divided by sqrt(dim) when dim > 1.
+
+    With the defaults the second input is 0: with zero biases every unit of every layer sits exactly on
+    the activation's kink at t = 0. Pass e.g. `x0=-0.5` to move both points off it.
+    """
+    if not dx2 > 0 or not dy2 >= 0:
+        raise ValueError(f"need dx2 > 0 and dy2 ≥ 0, got dx2={dx2!r}, dy2={dy2!r}.")
+    dtype = dtype or jnp.result_type(float)
+    dx, dy = math.sqrt(dx2 / in_size), math.sqrt(dy2 / out_size)
+    x = jnp.array([[x0] * in_size, [x0 + dx] * in_size], dtype)
+    if in_size > 1:
+        x = jnp.array([[x0 / math.sqrt(in_size)] * in_size, [x0 / math.sqrt(in_size) + dx] * in_size], dtype)
+    y = jnp.array([[y0] * out_size, [y0 + dy] * out_size], dtype)
+    if out_size > 1:
+        y = jnp.array([[y0 / math.sqrt(out_size)] * out_size, [y0 / math.sqrt(out_size) + dy] * out_size], dtype)
+    return x, y
+
+
+def two_points(setting: str = "default", *, key: PRNGKeyArray, width: int | None = None, depth: int | None = None,
+               gain: float | None = None, lr: float | None = None, layer: int | None = None, x0: float = -1.0,
+               ) -> TwoPointExperiment:
+    """Build the data and network of a row of THEORY.md §5.
+
+    **Arguments:**
+
+    - `setting`: a name in `SETTINGS`.
+    - `key`: the initialisation key.
+    - `width`, `depth`, `gain`, `lr`, `layer`: override the row (e.g. smaller networks for tests and
+      quick runs; `gain`/`lr` for the gain series).
+    - `x0`: the first input (−1 in the paper; see `two_point_data` on the kink).
+
+    **Returns:** a `TwoPointExperiment`.
+    """
+    if setting not in SETTINGS:
+        raise ValueError(f"Unknown setting {setting!r}; choose one of {sorted(SETTINGS)}.")
+    row = SETTINGS[setting]
+    row = row._replace(
+        width=row.width if width is None else width,
+        depth=row.depth if depth is None else depth,
+        gain=row.gain if gain is None else gain,
+        lr=row.lr if lr is None else lr,
+    )
+    default_layer = row.layer if layer is None and row.depth == SETTINGS[setting].depth else row.depth // 2
+    row = row._replace(layer=default_layer if layer is None else layer)
+    if not 0 <= row.layer < row.depth:
+        raise ValueError(f"`layer` must be in [0, {row.depth - 1}], got {row.layer}.")
+    cls = {"MLP": models.MLP, "ResMLP": models.ResMLP, "CNN1d": models.CNN1d}[row.model]
+    model = cls(1, 1, row.width, row.depth, activation=row.activation, gain=row.gain, key=key)
+    inputs, targets = two_point_data(x0=x0)
+    return TwoPointExperiment(
+        name=setting, model=model, inputs=inputs, targets=targets, layer=row.layer, lr=row.lr,
+        epochs=row.epochs, t1=row.lr * row.epochs, setting=row,
+    )

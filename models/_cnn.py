@@ -1,0 +1,64 @@
+"""A 1-D convolutional network (the paper's "cnn" setting)."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._init import activation as get_activation, check_gain, check_sizes, xavier_normal
+from ._mlp import Dense
+
+
+class Conv1d(eqx.Module):
+    """A 'same'-padded 1-D convolution with Xavier-normal kernels (fan = channels · kernel width)."""
+
+    weight: Float[Array, "out_channels in_channels kernel"]
+    bias: Float[Array, " out_channels"]
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, gain: float, *, key: PRNGKeyArray):
+        self.weight = xavier_normal(
+            key, (out_channels, in_channels, kernel_size), in_channels * kernel_size, out_channels * kernel_size, gain
+        )
+        self.bias = jnp.zeros(out_channels, self.weight.dtype)
+
+    def __call__(self, x: Float[Array, "in_channels length"]) -> Float[Array, "out_channels length"]:
+        y = jax.lax.conv_general_dilated(x[None], self.weight, window_strides=(1,), padding="SAME")[0]
+        return y + self.bias[:, None]
+
+
+class CNN1d(eqx.Module):
+    """Input linear layer to `width` → `depth` 1-D convolutions (`kernel_size`-wide, `channels`
+    channels, 'same' padding) → linear read-out of the flattened feature map.
+
+    The input layer is followed by the activation and is not counted in `hiddens`; `hiddens` are
+    the `depth` convolution outputs (post-activation), each of shape `(channels, width)` (the first
+    convolution maps the single input channel to `channels`). Xavier-normal weights, zero biases.
+    Paper setting: width 500, depth 10, kernel 11, 20 channels, gain 0.95, observed layer 5.
+    """
+
+    input_layer: Dense
+    convs: tuple[Conv1d, ...]
+    readout: Dense
+    activation: str = eqx.field(static=True)
+
+    def __init__(self, in_size: int, out_size: int, width: int, depth: int, activation: str = "leaky_relu",
+                 gain: float = 1.0, *, kernel_size: int = 11, channels: int = 20, key: PRNGKeyArray):
+        check_sizes(in_size=in_size, out_size=out_size, width=width, depth=depth, kernel_size=kernel_size,
+                    channels=channels)
+        check_gain(gain)
+        get_activation(activation)
+        keys = jax.random.split(key, depth + 2)
+        self.input_layer = Dense(in_size, width, gain, key=keys[0])
+        chans = [1] + [channels] * depth
+        self.convs = tuple(Conv1d(chans[i], chans[i + 1], kernel_size, gain, key=keys[i + 1]) for i in range(depth))
+        self.readout = Dense(channels * width, out_size, gain, key=keys[-1])
+        self.activation = activation
+
+    def __call__(self, x):
+        act = get_activation(self.activation)
+        h = act(self.input_layer(x))[None, :]
+        hiddens = []
+        for conv in self.convs:
+            h = act(conv(h))
+            hiddens.append(h)
+        return self.readout(h.reshape(-1)), tuple(hiddens)

@@ -1,0 +1,128 @@
+"""Fully connected networks: MLP, residual MLP and deep linear network."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._init import activation as get_activation, check_gain, check_sizes, xavier_normal
+
+
+class Dense(eqx.Module):
+    """An affine layer `W·x + b` with Xavier-normal `W` (given gain) and zero `b`."""
+
+    weight: Float[Array, "out in"]
+    bias: Float[Array, " out"] | None
+
+    def __init__(self, in_size: int, out_size: int, gain: float, *, use_bias: bool = True, key: PRNGKeyArray):
+        self.weight = xavier_normal(key, (out_size, in_size), in_size, out_size, gain)
+        self.bias = jnp.zeros(out_size, self.weight.dtype) if use_bias else None
+
+    def __call__(self, x: Float[Array, " in"]) -> Float[Array, " out"]:
+        y = self.weight @ x
+        return y if self.bias is None else y + self.bias
+
+
+class MLP(eqx.Module):
+    """A multilayer perceptron with `depth` hidden layers of `width` units (THEORY.md §5).
+
+    Every hidden layer is `act(W·h + b)`; the read-out is linear. Weights are Xavier-normal with
+    std = gain·sqrt(2/(fan_in + fan_out)), biases zero.
+
+    **Arguments:** `in_size`, `out_size`, `width`, `depth` (≥ 1 hidden layers), `activation` (one of
+    `models.ACTIVATIONS`: leaky_relu (slope 0.01), relu, tanh, elu, silu, none), `gain`, `key`.
+
+    Calling it on one input `x` (shape `(in_size,)`) returns `(output, hiddens)`: the output
+    `(out_size,)` and the tuple of every hidden layer's post-activation representation.
+
+    !!! example
+
+        ```python
+        net = models.MLP(1, 1, width=500, depth=20, gain=1.0, key=jax.random.key(0))
+        y, hiddens = net(jnp.array([-1.0]))    # len(hiddens) == 20
+        ```
+    """
+
+    layers: tuple[Dense, ...]
+    readout: Dense
+    activation: str = eqx.field(static=True)
+
+    def __init__(self, in_size: int, out_size: int, width: int, depth: int, activation: str = "leaky_relu",
+                 gain: float = 1.0, *, key: PRNGKeyArray):
+        check_sizes(in_size=in_size, out_size=out_size, width=width, depth=depth)
+        check_gain(gain)
+        get_activation(activation)
+        keys = jax.random.split(key, depth + 1)
+        sizes = [in_size] + [width] * depth
+        self.layers = tuple(Dense(sizes[i], sizes[i + 1], gain, key=keys[i]) for i in range(depth))
+        self.readout = Dense(width, out_size, gain, key=keys[-1])
+        self.activation = activation
+
+    def __call__(self, x: Float[Array, " in"]) -> tuple[Float[Array, " out"], tuple[Float[Array, " width"], ...]]:
+        act = get_activation(self.activation)
+        hiddens = []
+        h = x
+        for layer in self.layers:
+            h = act(layer(h))
+            hiddens.append(h)
+        return self.readout(h), tuple(hiddens)
+
+
+class ResMLP(eqx.Module):
+    """A residual MLP: `h₀ = act(W₀·x + b₀)`, then `h_l = h_{l−1} + act(W_l·h_{l−1} + b_l)`.
+
+    Same arguments, initialisation and call convention as `MLP`; `depth` counts all hidden layers
+    (the first, which changes the width, has no skip connection). The paper's "skip" setting uses
+    gain 0.1 (the skips carry the signal at small gain).
+    """
+
+    first: Dense
+    blocks: tuple[Dense, ...]
+    readout: Dense
+    activation: str = eqx.field(static=True)
+
+    def __init__(self, in_size: int, out_size: int, width: int, depth: int, activation: str = "leaky_relu",
+                 gain: float = 1.0, *, key: PRNGKeyArray):
+        check_sizes(in_size=in_size, out_size=out_size, width=width, depth=depth)
+        check_gain(gain)
+        get_activation(activation)
+        keys = jax.random.split(key, depth + 1)
+        self.first = Dense(in_size, width, gain, key=keys[0])
+        self.blocks = tuple(Dense(width, width, gain, key=k) for k in keys[1:depth])
+        self.readout = Dense(width, out_size, gain, key=keys[-1])
+        self.activation = activation
+
+    def __call__(self, x):
+        act = get_activation(self.activation)
+        h = act(self.first(x))
+        hiddens = [h]
+        for block in self.blocks:
+            h = h + act(block(h))
+            hiddens.append(h)
+        return self.readout(h), tuple(hiddens)
+
+
+class DeepLinear(eqx.Module):
+    """A deep linear network `W_L ⋯ W₁·x` (no biases, no activations), `depth` hidden layers.
+
+    Same initialisation and call convention as `MLP`; the hiddens are the partial products.
+    """
+
+    layers: tuple[Dense, ...]
+    readout: Dense
+
+    def __init__(self, in_size: int, out_size: int, width: int, depth: int, gain: float = 1.0, *, key: PRNGKeyArray):
+        check_sizes(in_size=in_size, out_size=out_size, width=width, depth=depth)
+        check_gain(gain)
+        keys = jax.random.split(key, depth + 1)
+        sizes = [in_size] + [width] * depth
+        self.layers = tuple(Dense(sizes[i], sizes[i + 1], gain, use_bias=False, key=keys[i]) for i in range(depth))
+        self.readout = Dense(width, out_size, gain, use_bias=False, key=keys[-1])
+
+    def __call__(self, x):
+        hiddens = []
+        h = x
+        for layer in self.layers:
+            h = layer(h)
+            hiddens.append(h)
+        return self.readout(h), tuple(hiddens)

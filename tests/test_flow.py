@@ -1,0 +1,238 @@
+"""Exact gradient flow, gradient descent, architectures, and the experiments table."""
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+from hypothesis import given, settings, strategies as st
+
+import flowsolve as fs
+import models
+from flowsolve import RESULTS
+
+
+class LinearRegression(eqx.Module):
+    weight: jax.Array
+
+    def __call__(self, x):
+        return self.weight @ x, ()
+
+
+def test_linear_regression_matches_closed_form():
+    rng = np.random.default_rng(0)
+    n, d = 6, 3
+    X = rng.normal(size=(n, d))
+    y = rng.normal(size=(n, 1))
+    theta0 = rng.normal(size=(1, d))
+    ts = np.linspace(0.0, 3.0, 7)
+    sol = fs.gradient_flow(LinearRegression(jnp.asarray(theta0)), X, y, 3.0, ts=ts, rtol=1e-11, atol=1e-13,
+                           observe={"theta": lambda m, i, t: m.weight[0]})
+    theta_star = np.linalg.lstsq(X, y[:, 0], rcond=None)[0]
+    A = X.T @ X / n
+    for t, theta in zip(ts, np.asarray(sol.observed["theta"])):
+        expected = theta_star + scipy.linalg.expm(-t * A) @ (theta0[0] - theta_star)
+        np.testing.assert_allclose(theta, expected, atol=1e-7, rtol=0)
+    np.testing.assert_allclose(sol.model.weight[0], sol.observed["theta"][-1])
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    width=st.sampled_from([3, 5]),
+    depth=st.sampled_from([1, 2]),
+    activation=st.sampled_from(["tanh", "silu", "elu"]),
+    seed=st.integers(0, 2**16),
+)
+def test_loss_is_nonincreasing(width, depth, activation, seed):
+    key = jax.random.key(seed)
+    model = models.MLP(2, 1, width, depth, activation, gain=1.2, key=key)
+    rng = np.random.default_rng(seed)
+    X, Y = rng.normal(size=(3, 2)), rng.normal(size=(3, 1))
+    sol = fs.gradient_flow(model, X, Y, 5.0, ts=np.linspace(0, 5.0, 51), rtol=1e-9, atol=1e-11,
+                           observe={"loss": fs.mse_loss})
+    loss = np.asarray(sol.observed["loss"])
+    # L is a Lyapunov function: dL/dt = −‖∇L‖² ≤ 0; allow the solver's error (≈ rtol·L).
+    assert np.all(np.diff(loss) <= 1e-8 * loss[:-1] + 1e-14)
+
+
+def test_loss_is_nonincreasing_piecewise_linear():
+    # Kinks make the vector field discontinuous: the solver needs a looser tolerance (rtol 1e-6
+    # took ~10⁴ steps here; 1e-9 ran out of 10⁵), and the loss still never increases beyond it.
+    model = models.MLP(2, 1, 5, 2, "leaky_relu", gain=1.2, key=jax.random.key(0))
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(3, 2)), rng.normal(size=(3, 1))
+    sol = fs.gradient_flow(model, X, Y, 5.0, ts=np.linspace(0, 5.0, 51), rtol=1e-6, atol=1e-9,
+                           observe={"loss": fs.mse_loss})
+    loss = np.asarray(sol.observed["loss"])
+    assert np.all(np.diff(loss) <= 1e-5 * loss[:-1] + 1e-12)
+
+
+def _smooth_setup():
+    key = jax.random.key(3)
+    model = models.MLP(1, 1, 8, 2, "tanh", gain=1.0, key=key)
+    x, y = fs.experiments.two_point_data(x0=-0.5)
+    return model, x, y
+
+
+def test_gradient_descent_approaches_flow_linearly_in_lr():
+    model, x, y = _smooth_setup()
+    t1 = 2.0
+    flow = fs.gradient_flow(model, x, y, t1, ts=[t1], layer=1, rtol=1e-11, atol=1e-13)
+    gaps = []
+    for lr in (0.04, 0.02, 0.01, 0.005):
+        gd = fs.gradient_descent(model, x, y, lr, int(round(t1 / lr)), layer=1, every=int(round(t1 / lr)))
+        assert float(gd.ts[-1]) == pytest.approx(t1)
+        gaps.append(max(abs(float(gd.observed[k][-1] - flow.observed[k][-1])) for k in ("h", "y", "w", "loss")))
+    ratios = np.array(gaps[:-1]) / np.array(gaps[1:])
+    # First-order method: halving lr halves the gap (Euler's global error is O(lr)).
+    np.testing.assert_allclose(ratios, 2.0, rtol=0.15)
+
+
+@pytest.mark.parametrize(
+    "build, n_hidden, hidden_shape",
+    [
+        (lambda k: models.MLP(3, 2, 16, 4, "relu", key=k), 4, (16,)),
+        (lambda k: models.ResMLP(3, 2, 16, 4, gain=0.1, key=k), 4, (16,)),
+        (lambda k: models.CNN1d(3, 2, 16, 3, kernel_size=5, channels=4, key=k), 3, (4, 16)),
+        (lambda k: models.DeepLinear(3, 2, 16, 4, key=k), 4, (16,)),
+    ],
+)
+def test_architecture_shapes(build, n_hidden, hidden_shape):
+    model = build(jax.random.key(0))
+    out, hiddens = model(jnp.ones(3))
+    assert out.shape == (2,)
+    assert len(hiddens) == n_hidden
+    assert all(h.shape == hidden_shape for h in hiddens)
+
+
+@pytest.mark.parametrize("gain", [0.5, 1.0, 1.7])
+def test_xavier_init_statistics(gain):
+    model = models.MLP(300, 1, 300, 2, gain=gain, key=jax.random.key(1))
+    w = np.asarray(model.layers[1].weight)  # 300 × 300
+    expected = gain * np.sqrt(2.0 / 600)
+    # 90 000 samples: the empirical std has relative standard error 1/sqrt(2·90 000) ≈ 0.24 %.
+    assert np.std(w) == pytest.approx(expected, rel=0.01)
+    assert np.all(np.asarray(model.layers[1].bias) == 0)
+    conv = models.CNN1d(1, 1, 50, 2, gain=gain, key=jax.random.key(2)).convs[1].weight  # 20 × 20 × 11
+    assert np.std(np.asarray(conv)) == pytest.approx(gain * np.sqrt(2.0 / (2 * 20 * 11)), rel=0.05)
+
+
+def test_kink_convention_matches_pytorch():
+    from models._init import leaky_relu, relu
+
+    assert float(jax.grad(leaky_relu)(0.0)) == pytest.approx(0.01)
+    assert float(jax.grad(relu)(0.0)) == 0.0
+
+
+def test_vmap_over_keys_equals_loop():
+    x, y = fs.experiments.two_point_data(x0=-0.5)
+    keys = jax.random.split(jax.random.key(0), 3)
+    ts = jnp.linspace(0.0, 1.0, 5)
+
+    @eqx.filter_jit
+    def run(key):
+        return fs.gradient_flow(models.MLP(1, 1, 8, 3, "tanh", key=key), x, y, 1.0, ts=ts, layer=1, throw=False)
+
+    batched = eqx.filter_vmap(run)(keys)
+    for i, key in enumerate(keys):
+        single = fs.gradient_flow(models.MLP(1, 1, 8, 3, "tanh", key=key), x, y, 1.0, ts=ts, layer=1)
+        for k in ("h", "y", "w", "loss"):
+            np.testing.assert_allclose(batched.observed[k][i], single.observed[k], rtol=1e-6, atol=1e-10)
+    assert np.all(np.asarray(batched.result == RESULTS.successful))
+
+
+def test_float32_close_to_float64():
+    model64, x, y = _smooth_setup()
+    model32 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, model64)
+    sol64 = fs.gradient_flow(model64, x, y, 2.0, layer=1, rtol=1e-8, atol=1e-10)
+    sol32 = fs.gradient_flow(model32, x.astype(jnp.float32), y.astype(jnp.float32), 2.0, layer=1, rtol=1e-5, atol=1e-7)
+    assert sol32.observed["h"].dtype == jnp.float32
+    # float32 at rtol 1e-5 on a smooth network: agreement to 1e-4 relative on O(1) observables.
+    for k in ("h", "y", "loss"):
+        np.testing.assert_allclose(sol32.observed[k], sol64.observed[k], rtol=1e-4, atol=1e-5)
+
+
+def test_early_stop_on_loss_threshold():
+    model, x, y = _smooth_setup()
+    sol = fs.gradient_flow(model, x, y, 50.0, layer=1, loss_threshold=1e-4)
+    t_final = float(sol.stats["t_final"])
+    assert 0 < t_final < 50.0
+    reached = np.isfinite(np.asarray(sol.observed["loss"]))
+    assert reached[0] and not reached[-1]
+    assert float(fs.mse_loss(sol.model, x, y)) < 1e-4
+
+
+def test_flow_failure_raises_with_time_and_flags_under_vmap():
+    model, x, y = _smooth_setup()
+    with pytest.raises(RuntimeError, match=r"failed at t = .*maximum number of solver steps"):
+        fs.gradient_flow(model, x, y, 5.0, layer=1, max_steps=3)
+    sol = fs.gradient_flow(model, x, y, 5.0, layer=1, max_steps=3, throw=False)
+    assert sol.result == RESULTS.max_steps_reached
+    assert float(sol.stats["t_final"]) < 5.0
+
+
+def test_diverging_descent_is_reported():
+    model, x, y = _smooth_setup()
+    big = models.MLP(1, 1, 8, 2, "leaky_relu", gain=3.0, key=jax.random.key(0))
+    with pytest.raises(RuntimeError, match="gradient descent failed at t ="):
+        fs.gradient_descent(big, x, y, 50.0, 200, layer=1)
+    sol = fs.gradient_descent(big, x, y, 50.0, 200, layer=1, throw=False)
+    assert sol.result == RESULTS.nonfinite_state
+    assert np.isfinite(float(sol.stats["t_final"]))
+
+
+def test_gradient_descent_with_adam_and_every():
+    model, x, y = _smooth_setup()
+    import optax
+
+    sol = fs.gradient_descent(model, x, y, 0.01, 105, optimizer=optax.adam(0.01), every=10, layer=1)
+    assert sol.ts.shape == (11,)
+    np.testing.assert_allclose(sol.ts, 0.1 * np.arange(11))
+    assert float(sol.observed["loss"][-1]) < float(sol.observed["loss"][0])
+
+
+class NoParams(eqx.Module):
+    def __call__(self, x):
+        return x, ()
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda m, x, y: fs.gradient_flow(lambda z: (z, ()), x, y, 1.0), "Equinox module"),
+        (lambda m, x, y: fs.gradient_flow(NoParams(), x, y, 1.0), "no inexact"),
+        (lambda m, x, y: fs.gradient_flow(m, jnp.ones((2, 3)), y, 1.0), "do not fit the model"),
+        (lambda m, x, y: fs.gradient_flow(m, x, jnp.ones((2, 2)), 1.0), "output has shape"),
+        (lambda m, x, y: fs.gradient_flow(m, x, jnp.ones((3, 1)), 1.0), "same leading"),
+        (lambda m, x, y: fs.gradient_flow(m, x, y, 1.0, layer=2), "layer"),
+        (lambda m, x, y: fs.gradient_flow(m, x, y, 0.0), "t1"),
+        (lambda m, x, y: fs.gradient_flow(m, x, y, 1.0, ts=[0.0, 2.0]), "ts"),
+        (lambda m, x, y: fs.gradient_flow(m, jnp.full((2, 1), jnp.nan), y, 1.0), "finite"),
+        (lambda m, x, y: fs.gradient_flow(eqx.tree_at(lambda n: n.readout.bias, m, jnp.array([jnp.nan])), x, y, 1.0),
+         "non-finite parameters"),
+        (lambda m, x, y: fs.gradient_descent(m, x, y, 0.0, 10), "lr"),
+        (lambda m, x, y: fs.gradient_descent(m, x, y, 0.1, 0), "steps"),
+        (lambda m, x, y: fs.gradient_descent(m, x, y, 0.1, 10, every=0), "every"),
+    ],
+)
+def test_bad_flow_inputs(call, match):
+    model, x, y = _smooth_setup()
+    with pytest.raises(ValueError, match=match):
+        call(model, x, y)
+
+
+def test_experiments_table():
+    for name, row in fs.experiments.SETTINGS.items():
+        exp = fs.experiments.two_points(name, key=jax.random.key(0), width=12, depth=min(row.depth, 3))
+        out, hiddens = exp.model(exp.inputs[0])
+        assert out.shape == (1,)
+        assert 0 <= exp.layer < len(hiddens)
+        assert exp.t1 == pytest.approx(row.lr * row.epochs)
+    full = fs.experiments.two_points("default", key=jax.random.key(0))
+    assert (full.layer, len(full.model.layers), full.model.layers[0].weight.shape[0]) == (10, 20, 500)
+    np.testing.assert_allclose(full.inputs, [[-1.0], [0.0]])
+    np.testing.assert_allclose(full.targets, [[0.6], [0.6 + np.sqrt(0.5)]])
+    with pytest.raises(ValueError, match="Unknown setting"):
+        fs.experiments.two_points("nope", key=jax.random.key(0))
