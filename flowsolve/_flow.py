@@ -50,28 +50,41 @@ def mse_loss(model, inputs: Array, targets: Array) -> Array:
     return 0.5 * jnp.mean(jnp.sum((outputs - targets).reshape(n, -1) ** 2, axis=1))
 
 
-def two_point_observer(layer: int) -> Observer:
-    """An observer of the loss and the two-point `h, y, w, m` (THEORY.md §1) at hidden `layer`.
+class TwoPointObserver(eqx.Module):
+    """Observes the loss and the two-point `h, y, w, m` (THEORY.md §1) at hidden `layer`.
 
-    Runs one forward pass. Use it as `observe=` of `gradient_flow`/`gradient_descent` (it is their
-    default for two-point data, at the middle hidden layer).
+    One forward pass per observation. The default `observe` of `gradient_flow` and
+    `gradient_descent` for two-point data. A module rather than a closure, so that equal observers
+    compare equal and repeated calls reuse the compiled flow.
     """
 
-    def observe(model, inputs, targets):
+    layer: int = eqx.field(static=True)
+
+    def __call__(self, model, inputs, targets) -> dict[str, Array]:
         outputs, hiddens = jax.vmap(model)(inputs)
-        h, y, w, m = two_point_observables(inputs, targets, hiddens[layer], outputs)
+        h, y, w, m = two_point_observables(inputs, targets, hiddens[self.layer], outputs)
         loss = 0.5 * jnp.mean(jnp.sum((outputs - targets).reshape(2, -1) ** 2, axis=1))
         return {"loss": loss, "h": h, "y": y, "w": w, "m": m}
 
-    return observe
+
+def two_point_observer(layer: int) -> Observer:
+    """An observer of the loss and the two-point `h, y, w, m` at hidden `layer` (see
+    `TwoPointObserver`); use it as `observe=`."""
+    return TwoPointObserver(layer)
 
 
-def _loss_observer(loss: Loss) -> Observer:
-    return lambda model, inputs, targets: {"loss": loss(model, inputs, targets)}
+class _LossObserver(eqx.Module):
+    loss: Callable
+
+    def __call__(self, model, inputs, targets):
+        return {"loss": self.loss(model, inputs, targets)}
 
 
-def _dict_observer(observe: dict[str, Callable]) -> Observer:
-    return lambda model, inputs, targets: {name: fn(model, inputs, targets) for name, fn in observe.items()}
+class _DictObserver(eqx.Module):
+    fns: dict[str, Callable]
+
+    def __call__(self, model, inputs, targets):
+        return {name: fn(model, inputs, targets) for name, fn in self.fns.items()}
 
 
 def _prepare(model, inputs, targets, observe, layer, loss) -> tuple[Array, Array, Observer, Loss]:
@@ -117,13 +130,13 @@ def _prepare(model, inputs, targets, observe, layer, loss) -> tuple[Array, Array
     loss = mse_loss if loss is None else loss
     if observe is None:
         if inputs.shape[0] == 2 and hiddens:
-            observer = two_point_observer(len(hiddens) // 2 if layer is None else layer)
+            observer = TwoPointObserver(len(hiddens) // 2 if layer is None else layer)
         else:
-            observer = _loss_observer(loss)
+            observer = _LossObserver(loss)
     elif isinstance(observe, dict):
         if not all(callable(f) for f in observe.values()):
             raise ValueError("`observe` must map names to callables `(model, inputs, targets) -> array`.")
-        observer = _dict_observer(observe)
+        observer = _DictObserver(dict(observe))
     elif callable(observe):
         observer = observe
     else:
@@ -325,7 +338,6 @@ def gradient_descent(
     for name, value in (("steps", steps), ("every", every)):
         if not (isinstance(value, int) and value >= 1):
             raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-    optimizer = optax.sgd(lr) if optimizer is None else optimizer
     dtype = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))[0].dtype
     sol = _descent(model, inputs, targets, jnp.asarray(lr, dtype), steps, every, optimizer, observer, loss)
     return _report(sol, throw, "gradient descent")
@@ -334,6 +346,8 @@ def gradient_descent(
 @eqx.filter_jit
 def _descent(model, inputs, targets, lr, steps, every, optimizer, observer, loss):
     params, static = eqx.partition(model, eqx.is_inexact_array)
+    # Built here from the traced lr, so that a new lr reuses the compiled scan.
+    optimizer = optax.sgd(lr) if optimizer is None else optimizer
     opt_state = optimizer.init(params)
 
     def step(carry, _):

@@ -23,6 +23,14 @@ class Dense(eqx.Module):
         return y if self.bias is None else y + self.bias
 
 
+def _checked_keys(in_size, out_size, width, depth, activation, gain, key):
+    """Validate the common constructor arguments; one key per layer and one for the read-out."""
+    check_sizes(in_size=in_size, out_size=out_size, width=width, depth=depth)
+    check_gain(gain)
+    get_activation(activation)
+    return jax.random.split(key, depth + 1)
+
+
 class MLP(eqx.Module):
     """A multilayer perceptron with `depth` hidden layers of `width` units (THEORY.md §5).
 
@@ -49,10 +57,7 @@ class MLP(eqx.Module):
 
     def __init__(self, in_size: int, out_size: int, width: int, depth: int, activation: str = "leaky_relu",
                  gain: float = 1.0, *, key: PRNGKeyArray):
-        check_sizes(in_size=in_size, out_size=out_size, width=width, depth=depth)
-        check_gain(gain)
-        get_activation(activation)
-        keys = jax.random.split(key, depth + 1)
+        keys = _checked_keys(in_size, out_size, width, depth, activation, gain, key)
         sizes = [in_size] + [width] * depth
         self.layers = tuple(Dense(sizes[i], sizes[i + 1], gain, key=keys[i]) for i in range(depth))
         self.readout = Dense(width, out_size, gain, key=keys[-1])
@@ -83,10 +88,7 @@ class ResMLP(eqx.Module):
 
     def __init__(self, in_size: int, out_size: int, width: int, depth: int, activation: str = "leaky_relu",
                  gain: float = 1.0, *, key: PRNGKeyArray):
-        check_sizes(in_size=in_size, out_size=out_size, width=width, depth=depth)
-        check_gain(gain)
-        get_activation(activation)
-        keys = jax.random.split(key, depth + 1)
+        keys = _checked_keys(in_size, out_size, width, depth, activation, gain, key)
         self.first = Dense(in_size, width, gain, key=keys[0])
         self.blocks = tuple(Dense(width, width, gain, key=k) for k in keys[1:depth])
         self.readout = Dense(width, out_size, gain, key=keys[-1])
