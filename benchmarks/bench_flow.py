@@ -68,9 +68,10 @@ def run_case(name, width, depth, rtols, lr_divisors, n_save):
     for rtol, (sol, wall) in flows.items():
         print(f"| {rtol:g} | {int(sol.stats['num_steps'])} | {int(sol.stats['gradient_evaluations'])} | {wall:.1f} | "
               f"{spread(sol.observed, best):.2e} |")
-    print("\n| GD lr | steps = gradient evals | wall s | spread vs tightest flow |")
-    print("|---:|---:|---:|---:|")
+    print("\n| GD lr | steps = gradient evals | wall s | spread vs tightest flow | spread vs GD at the previous lr |")
+    print("|---:|---:|---:|---:|---:|")
     gd_rows = []
+    previous = None
     for div in lr_divisors:
         lr = exp.lr / div
         steps = int(round(t1 / lr))
@@ -81,7 +82,9 @@ def run_case(name, width, depth, rtols, lr_divisors, n_save):
         wall = time.perf_counter() - start
         s = spread(gd.observed, best)
         gd_rows.append((lr, steps, s))
-        print(f"| {lr:g} | {steps} | {wall:.1f} | {s:.2e} |")
+        self_spread = "" if previous is None else f"{spread(gd.observed, previous):.2e}"
+        previous = gd.observed
+        print(f"| {lr:g} | {steps} | {wall:.1f} | {s:.2e} | {self_spread} |")
     # Cost at 1 % accuracy.
     flow_ok = [(int(sol.stats["gradient_evaluations"]), r) for r, (sol, _) in flows.items()
                if r != rtols[-1] and spread(sol.observed, best) <= 0.01]
