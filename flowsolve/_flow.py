@@ -33,7 +33,8 @@ class FlowSolution(eqx.Module):
     - `model`: the model at the final time.
     - `result`: a `flowsolve.RESULTS`.
     - `stats`: solver statistics: `num_steps`, `num_accepted_steps`, `num_rejected_steps`,
-      `gradient_evaluations`, `t_final` (the time reached) for flows; `steps` and `t_final` for descent.
+      `gradient_evaluations` (−1 when the solver is not an explicit Runge–Kutta method), `t_final`
+      (the time reached) for flows; `steps` and `t_final` for descent.
     """
 
     ts: Float[Array, " times"]

@@ -480,8 +480,8 @@ def solve_theory_batch(
       leading axis of length `batch`.
     - `states0`: `(batch, 3)` admissible initial states `[h0, y0, w0]`.
     - `t1`: the final time, shared by all members.
-    - `buckets`: how many chunks (16 cut the lockstep overhead from 11× to 1.7× in
-      `benchmarks/bench_theory.py`).
+    - `buckets`: how many chunks (on the CPU, 16 cut the lockstep overhead from 11× to
+      1.9× in `benchmarks/bench_theory.py`; on a GPU use 1–4).
     - `ts`, and any other keyword argument of `solve_theory` (`solver`, `rtol`, `atol`,
       `max_steps`, `m0`, `eta_mean`, `t0`), shared by all members. `throw` is always `False`:
       each member's `result` says whether it succeeded.

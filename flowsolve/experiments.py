@@ -75,13 +75,12 @@ def two_point_data(dx2: float = DX2, dy2: float = DY2, *, in_size: int = 1, out_
     if not dx2 > 0 or not dy2 >= 0:
         raise ValueError(f"need dx2 > 0 and dy2 ≥ 0, got dx2={dx2!r}, dy2={dy2!r}.")
     dtype = dtype or jnp.result_type(float)
-    dx, dy = math.sqrt(dx2 / in_size), math.sqrt(dy2 / out_size)
-    x = jnp.array([[x0] * in_size, [x0 + dx] * in_size], dtype)
-    if in_size > 1:
-        x = jnp.array([[x0 / math.sqrt(in_size)] * in_size, [x0 / math.sqrt(in_size) + dx] * in_size], dtype)
-    y = jnp.array([[y0] * out_size, [y0 + dy] * out_size], dtype)
-    if out_size > 1:
-        y = jnp.array([[y0 / math.sqrt(out_size)] * out_size, [y0 / math.sqrt(out_size) + dy] * out_size], dtype)
+
+    def pair(first: float, distance2: float, dim: int) -> Array:
+        scale = 1.0 / math.sqrt(dim)  # per coordinate, so that the squared distance is `distance2`
+        return jnp.array([[first * scale] * dim, [(first + math.sqrt(distance2)) * scale] * dim], dtype)
+
+    x, y = pair(x0, dx2, in_size), pair(y0, dy2, out_size)
     return x, y
 
 
@@ -109,8 +108,9 @@ def two_points(setting: str = "default", *, key: PRNGKeyArray, width: int | None
         gain=row.gain if gain is None else gain,
         lr=row.lr if lr is None else lr,
     )
-    default_layer = row.layer if layer is None and row.depth == SETTINGS[setting].depth else row.depth // 2
-    row = row._replace(layer=default_layer if layer is None else layer)
+    if layer is None:  # the row's layer, or the middle one when the depth was overridden
+        layer = row.layer if row.depth == SETTINGS[setting].depth else row.depth // 2
+    row = row._replace(layer=layer)
     if not 0 <= row.layer < row.depth:
         raise ValueError(f"`layer` must be in [0, {row.depth - 1}], got {row.layer}.")
     cls = {"MLP": models.MLP, "ResMLP": models.ResMLP, "CNN1d": models.CNN1d}[row.model]

@@ -234,5 +234,10 @@ def test_experiments_table():
     assert (full.layer, len(full.model.layers), full.model.layers[0].weight.shape[0]) == (10, 20, 500)
     np.testing.assert_allclose(full.inputs, [[-1.0], [0.0]])
     np.testing.assert_allclose(full.targets, [[0.6], [0.6 + np.sqrt(0.5)]])
+    x, y = fs.experiments.two_point_data(2.0, 0.5, in_size=4, out_size=3)
+    assert float(jnp.sum((x[1] - x[0]) ** 2)) == pytest.approx(2.0)
+    assert float(jnp.sum((y[1] - y[0]) ** 2)) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="dx2"):
+        fs.experiments.two_point_data(0.0, 0.5)
     with pytest.raises(ValueError, match="Unknown setting"):
         fs.experiments.two_points("nope", key=jax.random.key(0))

@@ -304,10 +304,12 @@ def test_solve_theory_batch_equals_single_solves():
         (np.array([[1.0, 0.1, 0.0], [0.0, 0.1, 0.0]]), {}, r"states0\[1\].*h0 > 0"),
         (np.array([[1.0, 0.1, 0.0]]), dict(buckets=0), "buckets"),
         (np.array([[1.0, 0.1, 0.0]]), dict(throw=True), "never throws"),
+        (np.array([[1.0, 0.1, 0.0]] * 3), dict(theory=EffectiveTheory(np.ones(2), 1.0, 1.0, 0.5)), "leading axis of length 3"),
     ],
 )
 def test_solve_theory_batch_bad_input(states, kwargs, match):
     from flowsolve import solve_theory_batch
 
+    theory = kwargs.pop("theory", EffectiveTheory(1.0, 1.0, 1.0, 0.5))
     with pytest.raises(ValueError, match=match):
-        solve_theory_batch(EffectiveTheory(1.0, 1.0, 1.0, 0.5), states, 10.0, **kwargs)
+        solve_theory_batch(theory, states, 10.0, **kwargs)
