@@ -1,0 +1,527 @@
+"""Fitting the effective learning rates of the theory to observed trajectories (`THEORY.md` §4)."""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optimistix as optx
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
+
+from ._compile_cache import call_cached
+from ._custom_types import RealScalarLike
+from ._theory import EffectiveTheory, TheorySolution, _regular_vector_field, from_regular, solve_theory, to_regular
+
+MIN_SAMPLES = 8
+"""The fewest samples a trajectory may have: two rates (plus up to four initial values) need more
+points than parameters, and the integral starting point needs a few intervals."""
+
+VectorField = Callable[[Array, Array, Array, Array, Array], Array]
+"""An alternative theory's `d/dt [h, y, w]` as `f(state, eta_h, eta_y, dx2, dy2)`."""
+
+_PENALTY = 1e3
+"""Residual (in units of the observed range) put where a trial solve failed, so that the optimiser
+rejects the trial step instead of reading garbage."""
+
+
+class FitResult(eqx.Module):
+    """The effective learning rates fitted to a trajectory, returned by `fit_effective_rates`.
+
+    Times are those of the data (gradient-flow time for `gradient_flow` output; fitting against
+    epochs instead makes the rates absorb the learning rate, `THEORY.md` §4). Fields carry any
+    leading batch axes of the data.
+
+    **Fields:**
+
+    - `eta_h`, `eta_y`: the fitted rates.
+    - `eta_h_se`, `eta_y_se`: their standard errors, from the Jacobian at the optimum
+      (`s²·(JᵀJ)⁻¹` with `s²` the residual variance; delta method from the log-rates).
+    - `eta_mean`, `eta_mean_se`: the mean's rate `η̄` (`THEORY.md` §2) when `m` was given, else NaN.
+    - `state0`: the initial `[h0, y0, w0]` of the fitted theory: the first sample, or fitted.
+    - `m0`: the initial `m` of the fitted theory (NaN without `m`).
+    - `dx2`, `dy2`: the distances the theory was fitted with.
+    - `init`: the starting `[eta_h, eta_y]` of the optimiser (from the integral equations).
+    - `residual`: sum of squares of the weighted, normalised residuals at the optimum.
+    - `errors`: normalised error of each fitted curve, `RMSE / (max − min)` of the observed one:
+      `"h"`, `"y"`, `"w"`, and with `m` also `"m"` and `"loss"`.
+    - `converged`: the optimiser met its tolerance and the theory's solve at the optimum succeeded.
+    - `num_steps`: optimiser steps; `ode_steps`: solver steps of the final theory solve.
+    """
+
+    eta_h: Float[Array, "*batch"]
+    eta_y: Float[Array, "*batch"]
+    eta_h_se: Float[Array, "*batch"]
+    eta_y_se: Float[Array, "*batch"]
+    eta_mean: Float[Array, "*batch"]
+    eta_mean_se: Float[Array, "*batch"]
+    state0: Float[Array, "*batch 3"]
+    m0: Float[Array, "*batch"]
+    dx2: Float[Array, "*batch"]
+    dy2: Float[Array, "*batch"]
+    init: Float[Array, "*batch 2"]
+    residual: Float[Array, "*batch"]
+    errors: dict[str, Float[Array, "*batch"]]
+    converged: Bool[Array, "*batch"]
+    num_steps: Int[Array, "*batch"]
+    ode_steps: Int[Array, "*batch"]
+
+    @property
+    def theory(self) -> EffectiveTheory:
+        """The fitted `EffectiveTheory`."""
+        return EffectiveTheory(self.eta_h, self.eta_y, self.dx2, self.dy2)
+
+    def predict(self, ts: Float[ArrayLike, " times"], **kwargs) -> TheorySolution:
+        """Solve the fitted theory from the fitted `state0` at times `ts` (`ts[0]` is the initial
+        time); keyword arguments go to `solve_theory`. Unbatched results only; for a batch, index
+        the fields or use `solve_theory_batch`."""
+        if self.eta_h.ndim != 0:
+            raise ValueError("`predict` needs an unbatched fit; index the batch first, e.g. `fit[i]`.")
+        ts = jnp.asarray(ts)
+        m = {} if not np.isfinite(np.asarray(self.m0)) else {"m0": self.m0, "eta_mean": self.eta_mean}
+        return solve_theory(self.theory, self.state0, ts[-1], t0=ts[0], ts=ts, **m, **kwargs)
+
+    def __getitem__(self, index) -> "FitResult":
+        """One member (or a slice) of a batched fit."""
+        return jax.tree_util.tree_map(lambda x: x[index], self)
+
+
+class _Layout(NamedTuple):
+    """Where each unknown sits in the flat parameter vector (static)."""
+
+    fit_start: bool
+    fit_mean: bool
+    regular: bool  # the start is in regular coordinates (a, u_par, u_perp), else (h, y, w)
+
+    @property
+    def size(self) -> int:
+        return 2 + 3 * self.fit_start + (1 + self.fit_start) * self.fit_mean
+
+
+class _Data(eqx.Module):
+    """One trajectory, ready for the residual."""
+
+    ts: Array
+    observed: Array  # (times, 3)
+    sqrt_weights: Array  # (times, 3)
+    scale: Array  # (3,)
+    dx2: Array
+    dy2: Array
+    m: Array  # (times,); zeros when not fitted
+    m_scale: Array
+
+
+class _Rates(NamedTuple):
+    # Duck-types `EffectiveTheory` for the regular-coordinate helpers, without its checks.
+    eta_h: Array
+    eta_y: Array
+    dx2: Array
+    dy2: Array
+
+
+def _start_state(layout: _Layout, data: _Data) -> Array:
+    """The first sample, in the coordinates the solve uses."""
+    if layout.regular:
+        return jnp.stack(to_regular(_Rates(1.0, 1.0, data.dx2, data.dy2), data.observed[0]))
+    return data.observed[0]
+
+
+def _unpack(layout: _Layout, params: Array, data: _Data):
+    rates = jnp.exp(params[:2])
+    i = 2
+    if layout.fit_start:
+        start = params[i : i + 3]
+        i += 3
+    else:
+        start = _start_state(layout, data)
+    eta_mean = jnp.exp(params[i]) if layout.fit_mean else jnp.zeros((), params.dtype)
+    m0 = params[i + 1] if (layout.fit_mean and layout.fit_start) else data.m[0]
+    return rates, start, eta_mean, m0
+
+
+class _Solver(eqx.Module):
+    vector_field: VectorField | None
+    solver: diffrax.AbstractAdaptiveSolver
+    rtol: float
+    atol: float
+    max_steps: int = eqx.field(static=True)
+
+
+def _trajectory(solve: _Solver, rates, start, data: _Data):
+    """The theory's `[h, y, w]` at `data.ts`, and whether the solve succeeded."""
+    consts = _Rates(rates[0], rates[1], data.dx2, data.dy2)
+    if solve.vector_field is None:
+        term = diffrax.ODETerm(lambda t, s, c: jnp.stack(_regular_vector_field(t, s, c)))
+    else:
+        field = solve.vector_field
+        term = diffrax.ODETerm(lambda t, s, c: field(s, c.eta_h, c.eta_y, c.dx2, c.dy2))
+    sol = diffrax.diffeqsolve(
+        term,
+        solve.solver,
+        data.ts[0],
+        data.ts[-1],
+        None,
+        start,
+        args=consts,
+        saveat=diffrax.SaveAt(ts=data.ts),
+        stepsize_controller=diffrax.PIDController(rtol=solve.rtol, atol=solve.atol),
+        max_steps=solve.max_steps,
+        adjoint=diffrax.ForwardMode(),
+        throw=False,
+    )
+    if solve.vector_field is None:
+        states = jnp.stack(from_regular(consts, sol.ys[:, 0], sol.ys[:, 1], sol.ys[:, 2]), axis=-1)
+    else:
+        states = sol.ys
+    ok = (sol.result == diffrax.RESULTS.successful) & jnp.all(jnp.isfinite(states))
+    return states, ok, sol.stats["num_steps"]
+
+
+def _residuals(params, args):
+    layout, solve, data = args
+    rates, start, eta_mean, m0 = _unpack(layout, params, data)
+    states, _, _ = _trajectory(solve, rates, start, data)
+    r = (states - data.observed) / data.scale * data.sqrt_weights
+    r = jnp.where(jnp.isfinite(r), r, _PENALTY).reshape(-1)
+    if layout.fit_mean:
+        m = m0 * jnp.exp(-2 * eta_mean * (data.ts - data.ts[0]))
+        r = jnp.concatenate([r, (m - data.m) / data.m_scale])
+    return r
+
+
+def _cumulative_integral(ts, f):
+    return jnp.concatenate([jnp.zeros(1, f.dtype), jnp.cumsum(0.5 * (f[1:] + f[:-1]) * jnp.diff(ts))])
+
+
+def _integral_start(data: _Data):
+    """Starting rates from the integrated equations, which are linear in `(η_h, η_y)`.
+
+    `h(t) − h0 = −η_h·dx2·∫w`, and likewise for `y` and `w` (`THEORY.md` §2), with the integrals
+    taken by the trapezoid rule over the samples: a linear least-squares problem, exact as the
+    sampling gets dense, that needs neither `w(0) ≠ 0` (the initial slope) nor a converged final
+    distance (`h(∞)`); it uses every sample. Where it yields a non-positive or non-finite rate,
+    the `h` equation alone gives `η_h`, the conserved quantity gives `η_h/η_y`, and as a last
+    resort the rate is the inverse time span.
+    """
+    ts, (h, y, w) = data.ts, data.observed.T
+    dx2, dy2 = data.dx2, data.dy2
+    cum = lambda f: _cumulative_integral(ts, f)  # noqa: E731
+    zeros = jnp.zeros_like(ts)
+    # Columns: coefficient of η_h, of η_y; one block per equation.
+    a_h = jnp.stack([-dx2 * cum(w), zeros], axis=-1)
+    a_y = jnp.stack([-dx2 * cum(w * y / h), -cum(w * h)], axis=-1)
+    a_w = jnp.stack([-0.5 * dx2 * cum((y + w) * w / h), -0.5 * cum((3 * w - y + dy2) * h)], axis=-1)
+    blocks = [(a_h, h, 0), (a_y, y, 1), (a_w, w, 2)]
+    a = jnp.concatenate([blk / data.scale[i] for blk, _, i in blocks])
+    b = jnp.concatenate([(v - v[0]) / data.scale[i] for _, v, i in blocks])
+    est = jnp.linalg.lstsq(a, b)[0]
+    # Fallbacks.
+    eta_h_alone = jnp.sum(a_h[:, 0] * (h - h[0])) / jnp.sum(a_h[:, 0] ** 2)
+    dz = y / h - y[0] / h[0]
+    ratio = jnp.sum((h - h[0]) * dz) / (dx2 * jnp.sum(dz**2))  # Q = h − ratio·dx2·y/h constant
+    good = lambda v: jnp.isfinite(v) & (v > 0)  # noqa: E731
+    last_resort = 1.0 / (ts[-1] - ts[0])
+    eta_h = jnp.where(good(est[0]), est[0], jnp.where(good(eta_h_alone), eta_h_alone, last_resort))
+    eta_y_from_ratio = jnp.where(good(ratio), eta_h / ratio, last_resort)
+    eta_y = jnp.where(good(est[1]), est[1], eta_y_from_ratio)
+    return jnp.stack([eta_h, eta_y])
+
+
+def _mean_start(data: _Data):
+    """`η̄` from `m(t) − m0 = −2·η̄·∫m` (least squares), else the inverse time span."""
+    integral = _cumulative_integral(data.ts, data.m)
+    est = -jnp.sum(integral * (data.m - data.m[0])) / (2 * jnp.sum(integral**2))
+    return jnp.where(jnp.isfinite(est) & (est > 0), est, 1.0 / (data.ts[-1] - data.ts[0]))
+
+
+def _fit_one(data: _Data, init, layout: _Layout, solve: _Solver, tol, max_steps):
+    start_rates = jnp.where(jnp.isnan(init), _integral_start(data), init)
+    parts = [jnp.log(start_rates)]
+    if layout.fit_start:
+        parts.append(_start_state(layout, data))
+    if layout.fit_mean:
+        parts.append(jnp.log(_mean_start(data))[None])
+        if layout.fit_start:
+            parts.append(data.m[:1])
+    params0 = jnp.concatenate(parts)
+    args = (layout, solve, data)
+    lm = optx.LevenbergMarquardt(rtol=tol, atol=tol)
+    sol = optx.least_squares(_residuals, lm, params0, args, max_steps=max_steps, throw=False)
+    params = sol.value
+    # Standard errors from the Jacobian at the optimum (forward mode through the solve).
+    r = _residuals(params, args)
+    jac = jax.jacfwd(_residuals)(params, args)
+    dof = jnp.maximum(r.shape[0] - params.shape[0], 1)
+    cov = jnp.sum(r**2) / dof * jnp.linalg.pinv(jac.T @ jac)
+    se_log = jnp.sqrt(jnp.maximum(jnp.diag(cov), 0.0))
+    rates, start, eta_mean, m0 = _unpack(layout, params, data)
+    states, ok, ode_steps = _trajectory(solve, rates, start, data)
+    errors = _normalised_errors(states, data, layout, eta_mean, m0)
+    converged = (sol.result == optx.RESULTS.successful) & ok & jnp.all(jnp.isfinite(params))
+    state0 = states[0]
+    nan = jnp.full((), jnp.nan, params.dtype)
+    return FitResult(
+        eta_h=rates[0],
+        eta_y=rates[1],
+        eta_h_se=rates[0] * se_log[0],
+        eta_y_se=rates[1] * se_log[1],
+        eta_mean=eta_mean if layout.fit_mean else nan,
+        eta_mean_se=eta_mean * se_log[2 + 3 * layout.fit_start] if layout.fit_mean else nan,
+        state0=state0,
+        m0=m0 if layout.fit_mean else nan,
+        dx2=data.dx2,
+        dy2=data.dy2,
+        init=start_rates,
+        residual=jnp.sum(r**2),
+        errors=errors,
+        converged=converged,
+        num_steps=sol.stats["num_steps"],
+        ode_steps=ode_steps,
+    )
+
+
+def _normalised_errors(states, data: _Data, layout: _Layout, eta_mean, m0):
+    def error(model, observed):
+        span = jnp.max(observed) - jnp.min(observed)
+        return jnp.sqrt(jnp.mean((model - observed) ** 2)) / span
+
+    errors = {name: error(states[:, i], data.observed[:, i]) for i, name in enumerate("hyw")}
+    if layout.fit_mean:
+        m = m0 * jnp.exp(-2 * eta_mean * (data.ts - data.ts[0]))
+        errors["m"] = error(m, data.m)
+
+        def loss(mm, s):
+            return 0.5 * mm + 0.25 * (s[:, 2] + 0.5 * (data.dy2 - s[:, 1]))
+
+        errors["loss"] = error(loss(m, states), loss(data.m, data.observed))
+    return errors
+
+
+@eqx.filter_jit
+def _fit_batch(data, init, layout, solve, tol, max_steps):
+    # One trajectory is fitted without vmap: a vmapped optimiser loop of batch size one still pays
+    # for masking every step (measured 2.3× slower).
+    if data.ts.shape[0] == 1:
+        one = _fit_one(jax.tree_util.tree_map(lambda x: x[0], data), init[0], layout, solve, tol, max_steps)
+        return jax.tree_util.tree_map(lambda x: x[None], one)
+    return jax.vmap(lambda d, i: _fit_one(d, i, layout, solve, tol, max_steps))(data, init)
+
+
+def fit_effective_rates(
+    ts: Float[ArrayLike, "*batch times"],
+    h: Float[ArrayLike, "*batch times"],
+    y: Float[ArrayLike, "*batch times"],
+    w: Float[ArrayLike, "*batch times"],
+    dx2: Float[ArrayLike, "*batch"],
+    dy2: Float[ArrayLike, "*batch"],
+    *,
+    m: Float[ArrayLike, "*batch times"] | None = None,
+    weights: Float[ArrayLike, "*batch times"] | Float[ArrayLike, "*batch times 3"] | None = None,
+    init: tuple[RealScalarLike, RealScalarLike] | None = None,
+    fit_initial_state: bool = False,
+    vector_field: VectorField | None = None,
+    solver: diffrax.AbstractAdaptiveSolver | None = None,
+    rtol: float = 1e-8,
+    atol: float = 1e-10,
+    max_ode_steps: int = 4096,
+    tol: float = 1e-8,
+    max_steps: int = 100,
+) -> FitResult:
+    """Fit the effective learning rates `η_h, η_y` of the theory to an observed trajectory.
+
+    Least squares (`optimistix.LevenbergMarquardt`) through the diffrax solve of the theory, on
+    the log-rates so that they stay positive, differentiated in forward mode
+    (`diffrax.ForwardMode`). Each variable's residuals are divided by the range of its observed
+    curve, so `h`, `y` and `w` weigh alike whatever their scales. The optimiser starts from the
+    integrated equations (a linear least-squares problem in the rates, see below), not from a grid.
+
+    The theory is solved in the regular coordinates of `THEORY.md` §3, so trajectories through a
+    collision are fitted too.
+
+    **Arguments:**
+
+    - `ts`: increasing sample times, `(times,)` or `(*batch, times)` (gradient-flow time for a flow;
+      with epochs the rates absorb the learning rate).
+    - `h`, `y`, `w`: the observed `‖dh‖²`, `‖dŷ‖²`, `w = y − dy*·dŷ`, shape `(*batch, times)`. A
+      leading batch axis fits every trajectory in one compiled, vmapped call.
+    - `dx2`, `dy2`: the squared input and target distances (scalars or `(*batch,)`).
+
+    **Other arguments:**
+
+    - `m`: the observed `m = ‖ȳ − ȳ*‖²`; when given, the mean's rate `η̄` of
+      `m(t) = m0·exp(−2η̄t)` is fitted as well (it decouples, `THEORY.md` §2), and the loss error
+      is reported.
+    - `weights`: non-negative weights per sample `(…, times)` or per sample and variable
+      `(…, times, 3)`; default all one.
+    - `init`: starting `(eta_h, eta_y)`; default from the integral equations.
+    - `fit_initial_state`: also fit `(h0, y0, w0)` (and `m0`) instead of taking the first sample
+      as exact. Use it for noisy data: treating a noisy first sample as exact biases the rates.
+    - `vector_field`: fit an alternative theory `f(state, eta_h, eta_y, dx2, dy2) -> d/dt [h, y, w]`
+      instead (e.g. to check that altered equations fit worse); solved in `(h, y, w)` directly.
+    - `solver`: the diffrax solver of the theory; default `diffrax.Tsit5()` (pass
+      `diffrax.Kvaerno5()` for stiff trajectories, see `EffectiveTheory.stiffness`).
+    - `rtol`, `atol`, `max_ode_steps`: of the theory's solves.
+    - `tol`: the optimiser's tolerance (relative and absolute, on the log-rates and the cost).
+    - `max_steps`: the most optimiser steps; a fit that needs more has `converged = False`.
+
+    **Returns:** a `FitResult` (batched like the data).
+
+    **Raises:** `ValueError` naming what is wrong: mismatched shapes, fewer than `MIN_SAMPLES`
+    samples, non-finite data, non-increasing `ts`, `h ≤ 0`, `dx2 ≤ 0`, `dy2 < 0`, negative weights,
+    or data that never moves (flat `h`, `y` and `w`; flat `m`).
+
+    !!! example
+
+        ```python
+        theory = flowsolve.EffectiveTheory(eta_h=2.0, eta_y=0.5, dx2=1.0, dy2=0.5)
+        sol = flowsolve.solve_theory(theory, [0.05, 0.0, 0.0], t1=20.0)
+        fit = flowsolve.fit_effective_rates(sol.ts, sol.h, sol.y, sol.w, 1.0, 0.5)
+        fit.eta_h, fit.eta_y   # ≈ 2.0, 0.5
+        ```
+    """
+    data, batch_shape = _prepare(ts, h, y, w, dx2, dy2, m, weights)
+    layout = _Layout(fit_start=bool(fit_initial_state), fit_mean=m is not None, regular=vector_field is None)
+    if vector_field is not None and not callable(vector_field):
+        raise ValueError("`vector_field` must be a callable f(state, eta_h, eta_y, dx2, dy2) -> d/dt state.")
+    if init is None:
+        init_arr = np.full((2,), np.nan)
+    else:
+        init_arr = np.asarray(init, dtype=np.float64)
+        if init_arr.shape != (2,) or not np.all(np.isfinite(init_arr)) or np.any(init_arr <= 0):
+            raise ValueError(f"`init` must be two finite positive rates (eta_h, eta_y), got {init!r}.")
+    for name, value in (("rtol", rtol), ("atol", atol), ("tol", tol)):
+        if not (isinstance(value, (int, float)) and value > 0):
+            raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
+    for name, value in (("max_ode_steps", max_ode_steps), ("max_steps", max_steps)):
+        if not (isinstance(value, int) and value > 0):
+            raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+    dtype = data.ts.dtype
+    n = data.ts.shape[0]
+    init_batch = jnp.broadcast_to(jnp.asarray(init_arr, dtype), (n, 2))
+    solve = _Solver(vector_field, diffrax.Tsit5() if solver is None else solver, rtol, atol, max_ode_steps)
+    result = _run(data, init_batch, layout, solve, tol, max_steps)
+    return jax.tree_util.tree_map(lambda x: x.reshape(batch_shape + x.shape[1:]), result)
+
+
+def _run(data: _Data, init, layout: _Layout, solve: _Solver, tol, max_steps) -> FitResult:
+    """The compiled fit; through the exported-program cache when JAX's persistent cache is on."""
+    if solve.vector_field is None:  # a user's callable cannot be part of a cache key
+        leaves, data_def = jax.tree_util.tree_flatten(data)
+
+        def flat_fit(*args):
+            fit = _fit_batch(jax.tree_util.tree_unflatten(data_def, args[:-1]), args[-1], layout, solve, tol,
+                             max_steps)
+            return jax.tree_util.tree_leaves(fit)
+
+        key = (layout, repr(solve), tol, max_steps)
+        out = call_cached("fit_effective_rates", flat_fit, key, [*leaves, init])
+        if out is not None:
+            return jax.tree_util.tree_unflatten(_result_treedef(layout), out)
+    return _fit_batch(data, init, layout, solve, tol, max_steps)
+
+
+def _result_treedef(layout: _Layout):
+    keys = ["h", "y", "w"] + (["m", "loss"] if layout.fit_mean else [])
+    fields = {f: 0.0 for f in FitResult.__dataclass_fields__}
+    fields["errors"] = {k: 0.0 for k in keys}
+    return jax.tree_util.tree_structure(FitResult(**fields))
+
+
+def _prepare(ts, h, y, w, dx2, dy2, m, weights) -> tuple[_Data, tuple[int, ...]]:
+    """Validate the data at the boundary and flatten any batch axes into one."""
+    arrays = {"h": h, "y": y, "w": w}
+    if m is not None:
+        arrays["m"] = m
+    arrays = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
+    shape = arrays["h"].shape
+    for name, value in arrays.items():
+        if value.shape != shape:
+            raise ValueError(
+                f"`{name}` has shape {value.shape} but `h` has {shape}; the observed curves must match."
+            )
+    if len(shape) < 1:
+        raise ValueError("`h`, `y`, `w` must be 1-d trajectories (or batches of them), got scalars.")
+    batch_shape, n_times = shape[:-1], shape[-1]
+    ts = np.asarray(ts, dtype=np.float64)
+    if ts.shape not in ((n_times,), shape):
+        raise ValueError(
+            f"`ts` must have shape ({n_times},) or {shape} to match the observed curves, got {ts.shape}."
+        )
+    if n_times < MIN_SAMPLES:
+        raise ValueError(f"A fit needs at least {MIN_SAMPLES} samples per trajectory, got {n_times}.")
+    for name, value in (("ts", ts), *arrays.items()):
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"`{name}` must be finite (no inf or NaN).")
+    if np.any(np.diff(ts, axis=-1) <= 0):
+        raise ValueError("`ts` must be strictly increasing.")
+    if np.any(arrays["h"] <= 0):
+        raise ValueError("`h` = ‖dh‖² must be > 0 at every sample (the theory is singular at h = 0).")
+    if np.any(arrays["y"] < 0):
+        raise ValueError("`y` = ‖dŷ‖² must be ≥ 0.")
+    dx2 = np.asarray(dx2, dtype=np.float64)
+    dy2 = np.asarray(dy2, dtype=np.float64)
+    for name, value, allow_zero in (("dx2", dx2, False), ("dy2", dy2, True)):
+        if not np.all(np.isfinite(value)) or np.any(value < 0 if allow_zero else value <= 0):
+            raise ValueError(f"`{name}` must be finite and {'≥' if allow_zero else '>'} 0, got {value}.")
+        try:
+            np.broadcast_to(value, batch_shape)
+        except ValueError:
+            raise ValueError(f"`{name}` must be a scalar or have the batch shape {batch_shape}.") from None
+    observed = np.stack([arrays["h"], arrays["y"], arrays["w"]], axis=-1)
+    span = observed.max(axis=-2) - observed.min(axis=-2)  # (*batch, 3)
+    size = np.abs(observed).max(axis=(-2, -1))
+    flat = np.all(span <= 1e-12 * np.maximum(size[..., None], 1e-300), axis=-1)
+    if np.any(flat):
+        raise ValueError(
+            "The data never move: `h`, `y` and `w` are constant"
+            + (f" in batch member {np.argwhere(flat)[0].tolist()}" if batch_shape else "")
+            + "; there are no dynamics to fit."
+        )
+    # A variable that barely moves (e.g. h of a lazy network) is normalised by a floor of 1e-6 of
+    # the largest range, so that rounding noise is not amplified.
+    scale = np.maximum(span, 1e-6 * span.max(axis=-1, keepdims=True))
+    if m is not None:
+        m_arr = arrays["m"]
+        m_span = m_arr.max(axis=-1) - m_arr.min(axis=-1)
+        if np.any(m_arr < 0):
+            raise ValueError("`m` = ‖ȳ − ȳ*‖² must be ≥ 0.")
+        if np.any(m_span <= 1e-12 * np.maximum(np.abs(m_arr).max(axis=-1), 1e-300)):
+            raise ValueError("`m` never moves: the mean's rate cannot be fitted; leave `m` out.")
+    else:
+        m_arr = np.zeros(shape)
+        m_span = np.ones(batch_shape)
+    if weights is None:
+        sqrt_w = np.ones(shape + (3,))
+    else:
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.shape == shape:
+            weights = weights[..., None]
+        try:
+            weights = np.broadcast_to(weights, shape + (3,))
+        except ValueError:
+            raise ValueError(
+                f"`weights` must have shape {shape} (per sample) or {shape + (3,)} (per sample and "
+                f"variable), got {np.shape(weights)}."
+            ) from None
+        if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+            raise ValueError("`weights` must be finite and ≥ 0.")
+        sqrt_w = np.sqrt(weights)
+    n = int(np.prod(batch_shape))
+    dtype = jnp.result_type(float)
+
+    def flat_batch(x, tail):
+        return jnp.asarray(np.broadcast_to(x, batch_shape + tail).reshape((n,) + tail), dtype)
+
+    data = _Data(
+        ts=flat_batch(ts, (n_times,)),
+        observed=flat_batch(observed, (n_times, 3)),
+        sqrt_weights=flat_batch(sqrt_w, (n_times, 3)),
+        scale=flat_batch(scale, (3,)),
+        dx2=flat_batch(dx2, ()),
+        dy2=flat_batch(dy2, ()),
+        m=flat_batch(m_arr, (n_times,)),
+        m_scale=flat_batch(np.maximum(m_span, 1e-300), ()),
+    )
+    return data, batch_shape
