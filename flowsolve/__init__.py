@@ -6,6 +6,13 @@ The public API, one verb per capability. See README.md and docs/.
 import importlib.metadata
 
 from . import experiments as experiments, symbolic as symbolic
+from ._compile_cache import enable_compilation_cache as enable_compilation_cache
+from ._fit import (
+    fit_effective_rates as fit_effective_rates,
+    fit_network as fit_network,
+    FitResult as FitResult,
+    NetworkFit as NetworkFit,
+)
 from ._flow import (
     FlowSolution as FlowSolution,
     gradient_descent as gradient_descent,

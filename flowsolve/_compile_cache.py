@@ -5,7 +5,8 @@ Python program before it can look one up, and tracing an optimiser looped around
 diffrax solve takes seconds. Worse, programs with host callbacks (which `eqx.error_if` inserts, e.g. in
 diffrax's checks) are never written to that cache at all. Here the program is traced once, exported
 with `jax.export` (StableHLO) and stored next to JAX's cache; later processes deserialize it and call
-it, and the compilation itself then comes from JAX's cache.
+it, and the compilation itself then comes from JAX's cache. `fn` must be a plain (not jitted)
+function: a jitted one may hand back a trace made earlier with callbacks in it.
 
 Used only when JAX's persistent cache is enabled (`flowsolve.enable_compilation_cache`) and only for
 programs that report every failure through status values rather than by raising: they are exported with
@@ -16,6 +17,7 @@ import hashlib
 import os
 import pathlib
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -85,7 +87,9 @@ def call_cached(name: str, fn: Callable, key: Any, args: Sequence[Any]) -> list[
         if exported is None:
             try:
                 exported = _export(fn, args)
-            except Exception:
+            except Exception as e:  # e.g. a callback traced earlier in this process and reused
+                warnings.warn(f"flowsolve could not store `{name}` for fresh processes ({e}); "
+                              "it is compiled as usual.", stacklevel=3)
                 return None
             directory.mkdir(parents=True, exist_ok=True)
             tmp = file.with_suffix(f".tmp{os.getpid()}")
@@ -100,8 +104,14 @@ def _export(fn: Callable, args: Sequence[Any]):
     import equinox._errors as eqx_errors  # `eqx.error_if`'s mode is read from here at trace time
 
     jitted = jax.jit(lambda *a: tuple(fn(*a)))
-    previous = eqx_errors.EQX_ON_ERROR
-    eqx_errors.EQX_ON_ERROR = "nan"  # no host callbacks: exportable and cacheable
+    previous, previous_jit = eqx_errors.EQX_ON_ERROR, eqx_errors.branched_error_if_impl_jit
+
+    def error_if_nan(x, pred, index, msgs, *, on_error):
+        # An explicit mode, so that error checks traced earlier in "raise" mode are not reused.
+        return previous_jit(x, pred, index, msgs, on_error="nan" if on_error == "default" else on_error)
+
+    # No host callbacks: exportable and cacheable.
+    eqx_errors.EQX_ON_ERROR, eqx_errors.branched_error_if_impl_jit = "nan", error_if_nan
     try:
         text = jitted.lower(*args).as_text()
         # LAPACK kernels (QR, SVD) carry no cross-version guarantee; the cache key holds the JAX
@@ -110,7 +120,7 @@ def _export(fn: Callable, args: Sequence[Any]):
         checks = [export.DisabledSafetyCheck.custom_call(t) for t in targets]
         return export.export(jitted, disabled_checks=checks)(*args)
     finally:
-        eqx_errors.EQX_ON_ERROR = previous
+        eqx_errors.EQX_ON_ERROR, eqx_errors.branched_error_if_impl_jit = previous, previous_jit
 
 
 def _package_version() -> str:

@@ -142,7 +142,7 @@ def _unpack(layout: _Layout, params: Array, data: _Data):
 
 
 class _Solver(eqx.Module):
-    vector_field: VectorField | None
+    vector_field: VectorField | None  # an eqx.Module's arrays are traced: one compilation for many
     solver: diffrax.AbstractAdaptiveSolver
     rtol: float
     atol: float
@@ -299,14 +299,16 @@ def _normalised_errors(states, data: _Data, layout: _Layout, eta_mean, m0):
     return errors
 
 
-@eqx.filter_jit
-def _fit_batch(data, init, layout, solve, tol, max_steps):
+def _fit_batch_impl(data, init, layout, solve, tol, max_steps):
     # One trajectory is fitted without vmap: a vmapped optimiser loop of batch size one still pays
     # for masking every step (measured 2.3× slower).
     if data.ts.shape[0] == 1:
         one = _fit_one(jax.tree_util.tree_map(lambda x: x[0], data), init[0], layout, solve, tol, max_steps)
         return jax.tree_util.tree_map(lambda x: x[None], one)
     return jax.vmap(lambda d, i: _fit_one(d, i, layout, solve, tol, max_steps))(data, init)
+
+
+_fit_batch = eqx.filter_jit(_fit_batch_impl)
 
 
 def fit_effective_rates(
@@ -411,8 +413,8 @@ def _run(data: _Data, init, layout: _Layout, solve: _Solver, tol, max_steps) -> 
         leaves, data_def = jax.tree_util.tree_flatten(data)
 
         def flat_fit(*args):
-            fit = _fit_batch(jax.tree_util.tree_unflatten(data_def, args[:-1]), args[-1], layout, solve, tol,
-                             max_steps)
+            fit = _fit_batch_impl(jax.tree_util.tree_unflatten(data_def, args[:-1]), args[-1], layout, solve,
+                                  tol, max_steps)
             return jax.tree_util.tree_leaves(fit)
 
         key = (layout, repr(solve), tol, max_steps)
@@ -431,6 +433,7 @@ def _result_treedef(layout: _Layout):
 
 def _prepare(ts, h, y, w, dx2, dy2, m, weights) -> tuple[_Data, tuple[int, ...]]:
     """Validate the data at the boundary and flatten any batch axes into one."""
+    dtype = jnp.result_type(float)  # float64 with jax_enable_x64, else float32
     arrays = {"h": h, "y": y, "w": w}
     if m is not None:
         arrays["m"] = m
@@ -509,7 +512,6 @@ def _prepare(ts, h, y, w, dx2, dy2, m, weights) -> tuple[_Data, tuple[int, ...]]
             raise ValueError("`weights` must be finite and ≥ 0.")
         sqrt_w = np.sqrt(weights)
     n = int(np.prod(batch_shape))
-    dtype = jnp.result_type(float)
 
     def flat_batch(x, tail):
         return jnp.asarray(np.broadcast_to(x, batch_shape + tail).reshape((n,) + tail), dtype)
@@ -525,3 +527,91 @@ def _prepare(ts, h, y, w, dx2, dy2, m, weights) -> tuple[_Data, tuple[int, ...]]
         m_scale=flat_batch(np.maximum(m_span, 1e-300), ()),
     )
     return data, batch_shape
+
+
+class NetworkFit(eqx.Module):
+    """A network's exact gradient flow, the theory fitted to it, and the fitted theory's solution.
+
+    **Fields:**
+
+    - `flow`: the `FlowSolution` (observed `loss`, `h`, `y`, `w`, `m` at `ts`).
+    - `fit`: the `FitResult` (rates, standard errors, normalised errors, `converged`).
+    - `theory`: the fitted theory's `TheorySolution` at the same `ts` (its `loss` includes the
+      fitted mean's decay).
+    - `layer`: the observed hidden layer.
+    """
+
+    flow: Any
+    fit: FitResult
+    theory: TheorySolution
+    layer: int = eqx.field(static=True)
+
+
+def fit_network(
+    model: eqx.Module,
+    inputs: Float[ArrayLike, "2 ..."],
+    targets: Float[ArrayLike, "2 ..."],
+    t1: RealScalarLike,
+    *,
+    layer: int | None = None,
+    ts: Float[ArrayLike, " times"] | None = None,
+    flow_options: dict[str, Any] | None = None,
+    fit_options: dict[str, Any] | None = None,
+) -> NetworkFit:
+    """Run a network's exact gradient flow on two points, fit the theory to it, and solve the fit.
+
+    One call for `gradient_flow` → `fit_effective_rates` (with the mean's rate from `m`) →
+    `FitResult.predict`.
+
+    **Arguments:**
+
+    - `model`, `inputs`, `targets`: as for `gradient_flow`; exactly two points.
+    - `t1`: the final gradient-flow time.
+
+    **Other arguments:**
+
+    - `layer`: the observed hidden layer (default: the middle one).
+    - `ts`: observation times, default 201 evenly spaced in `[0, t1]`.
+    - `flow_options`: keyword arguments for `gradient_flow` (e.g. `rtol`, `solver`).
+    - `fit_options`: keyword arguments for `fit_effective_rates` (e.g. `fit_initial_state`).
+
+    **Returns:** a `NetworkFit`.
+
+    !!! example
+
+        ```python
+        exp = flowsolve.experiments.two_points("tanh", key=jax.random.key(0), width=50)
+        result = flowsolve.fit_network(exp.model, exp.inputs, exp.targets, exp.t1, layer=exp.layer)
+        result.fit.eta_h, result.fit.errors["h"]
+        ```
+    """
+    from ._flow import gradient_flow, TwoPointObserver  # the fit room uses the flow room's public verb
+
+    inputs, targets = jnp.asarray(inputs), jnp.asarray(targets)
+    if inputs.ndim < 1 or inputs.shape[0] != 2 or targets.ndim < 1 or targets.shape[0] != 2:
+        raise ValueError(
+            f"`fit_network` needs exactly two points, got inputs {inputs.shape} and targets {targets.shape}."
+        )
+    flow_options = dict(flow_options or {})
+    fit_options = dict(fit_options or {})
+    for name in ("observe", "layer", "ts"):
+        if name in flow_options:
+            raise ValueError(f"Pass `{name}` to `fit_network` itself, not in `flow_options`.")
+    for name in ("m", "dx2", "dy2"):
+        if name in fit_options:
+            raise ValueError(f"`fit_network` sets `{name}` from the data; remove it from `fit_options`.")
+    if ts is None:
+        t1_c = float(t1)
+        ts = np.linspace(0.0, t1_c, 201)
+    flat = lambda a: a.reshape(2, -1)  # noqa: E731
+    dx2 = float(jnp.sum((flat(inputs)[1] - flat(inputs)[0]) ** 2))
+    dy2 = float(jnp.sum((flat(targets)[1] - flat(targets)[0]) ** 2))
+    if layer is None:
+        _, hiddens = eqx.filter_eval_shape(model, inputs[0])
+        layer = len(hiddens) // 2
+    flow = gradient_flow(model, inputs, targets, t1, ts=ts, observe=TwoPointObserver(layer), layer=layer,
+                         **flow_options)
+    obs = flow.observed
+    fit = fit_effective_rates(flow.ts, obs["h"], obs["y"], obs["w"], dx2, dy2, m=obs["m"], **fit_options)
+    theory = fit.predict(flow.ts, throw=False)
+    return NetworkFit(flow=flow, fit=fit, theory=theory, layer=layer)
