@@ -299,16 +299,21 @@ def _normalised_errors(states, data: _Data, layout: _Layout, eta_mean, m0):
     return errors
 
 
-def _fit_batch_impl(data, init, layout, solve, tol, max_steps):
-    # One trajectory is fitted without vmap: a vmapped optimiser loop of batch size one still pays
-    # for masking every step (measured 2.3× slower).
-    if data.ts.shape[0] == 1:
-        one = _fit_one(jax.tree_util.tree_map(lambda x: x[0], data), init[0], layout, solve, tol, max_steps)
-        return jax.tree_util.tree_map(lambda x: x[None], one)
-    return jax.vmap(lambda d, i: _fit_one(d, i, layout, solve, tol, max_steps))(data, init)
+def _fit_batch_impl(data, init, layout, solve, tol, max_steps, chunk):
+    # `chunk` trajectories are vmapped together, chunks run one after another (`lax.map`). A vmapped
+    # optimiser loop steps every member until the slowest is done, so on a CPU one at a time is
+    # fastest (chunk 1: no masking at all); a GPU wants the whole batch at once.
+    fit = lambda d, i: _fit_one(d, i, layout, solve, tol, max_steps)  # noqa: E731
+    if chunk == 1:
+        return jax.lax.map(lambda args: fit(*args), (data, init))
+    return jax.lax.map(lambda args: fit(*args), (data, init), batch_size=chunk)
 
 
 _fit_batch = eqx.filter_jit(_fit_batch_impl)
+
+
+def _default_chunk(n: int) -> int:
+    return 1 if jax.default_backend() == "cpu" else n
 
 
 def fit_effective_rates(
@@ -330,6 +335,7 @@ def fit_effective_rates(
     max_ode_steps: int = 4096,
     tol: float = 1e-8,
     max_steps: int = 100,
+    chunk: int | None = None,
 ) -> FitResult:
     """Fit the effective learning rates `η_h, η_y` of the theory to an observed trajectory.
 
@@ -367,6 +373,9 @@ def fit_effective_rates(
     - `rtol`, `atol`, `max_ode_steps`: of the theory's solves.
     - `tol`: the optimiser's tolerance (relative and absolute, on the log-rates and the cost).
     - `max_steps`: the most optimiser steps; a fit that needs more has `converged = False`.
+    - `chunk`: how many trajectories of a batch are vmapped together (the chunks run in turn, in one
+      compiled call). Default: 1 on a CPU, where lockstep makes vmapped fits slower than one at a
+      time (`benchmarks/bench_fit.py`), the whole batch elsewhere.
 
     **Returns:** a `FitResult` (batched like the data).
 
@@ -396,32 +405,33 @@ def fit_effective_rates(
     for name, value in (("rtol", rtol), ("atol", atol), ("tol", tol)):
         if not (isinstance(value, (int, float)) and value > 0):
             raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
-    for name, value in (("max_ode_steps", max_ode_steps), ("max_steps", max_steps)):
+    n = data.ts.shape[0]
+    chunk = _default_chunk(n) if chunk is None else chunk
+    for name, value in (("max_ode_steps", max_ode_steps), ("max_steps", max_steps), ("chunk", chunk)):
         if not (isinstance(value, int) and value > 0):
             raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
     dtype = data.ts.dtype
-    n = data.ts.shape[0]
     init_batch = jnp.broadcast_to(jnp.asarray(init_arr, dtype), (n, 2))
     solve = _Solver(vector_field, diffrax.Tsit5() if solver is None else solver, rtol, atol, max_ode_steps)
-    result = _run(data, init_batch, layout, solve, tol, max_steps)
+    result = _run(data, init_batch, layout, solve, tol, max_steps, min(chunk, n))
     return jax.tree_util.tree_map(lambda x: x.reshape(batch_shape + x.shape[1:]), result)
 
 
-def _run(data: _Data, init, layout: _Layout, solve: _Solver, tol, max_steps) -> FitResult:
+def _run(data: _Data, init, layout: _Layout, solve: _Solver, tol, max_steps, chunk) -> FitResult:
     """The compiled fit; through the exported-program cache when JAX's persistent cache is on."""
     if solve.vector_field is None:  # a user's callable cannot be part of a cache key
         leaves, data_def = jax.tree_util.tree_flatten(data)
 
         def flat_fit(*args):
             fit = _fit_batch_impl(jax.tree_util.tree_unflatten(data_def, args[:-1]), args[-1], layout, solve,
-                                  tol, max_steps)
+                                  tol, max_steps, chunk)
             return jax.tree_util.tree_leaves(fit)
 
-        key = (layout, repr(solve), tol, max_steps)
+        key = (layout, repr(solve), tol, max_steps, chunk)
         out = call_cached("fit_effective_rates", flat_fit, key, [*leaves, init])
         if out is not None:
             return jax.tree_util.tree_unflatten(_result_treedef(layout), out)
-    return _fit_batch(data, init, layout, solve, tol, max_steps)
+    return _fit_batch(data, init, layout, solve, tol, max_steps, chunk)
 
 
 def _result_treedef(layout: _Layout):
