@@ -13,6 +13,12 @@ from ._fit import (
     FitResult as FitResult,
     NetworkFit as NetworkFit,
 )
+from ._kernels import (
+    EffectiveRates as EffectiveRates,
+    predict_effective_rates as predict_effective_rates,
+    rates_observer as rates_observer,
+    RatesObserver as RatesObserver,
+)
 from ._flow import (
     FlowSolution as FlowSolution,
     gradient_descent as gradient_descent,

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._init import activation as get_activation, check_gain, check_sizes, xavier_normal
+from ._split import check_layer, ConvDecoder, ConvEncoder
 from ._mlp import Dense
 
 
@@ -62,3 +63,9 @@ class CNN1d(eqx.Module):
             h = act(conv(h))
             hiddens.append(h)
         return self.readout(h.reshape(-1)), tuple(hiddens)
+
+    def split(self, layer: int) -> tuple[eqx.Module, eqx.Module]:
+        """`(encoder, decoder)` at hidden `layer` (a convolution output; see `MLP.split`)."""
+        check_layer(layer, len(self.convs))
+        return (ConvEncoder(self.input_layer, self.convs[: layer + 1], self.activation),
+                ConvDecoder(self.convs[layer + 1 :], self.readout, self.activation))

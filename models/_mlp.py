@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._init import activation as get_activation, check_gain, check_sizes, xavier_normal
+from ._split import check_layer, Stack
 
 
 class Dense(eqx.Module):
@@ -72,6 +73,13 @@ class MLP(eqx.Module):
             hiddens.append(h)
         return self.readout(h), tuple(hiddens)
 
+    def split(self, layer: int) -> tuple[eqx.Module, eqx.Module]:
+        """`(encoder, decoder)` at hidden `layer`: `encoder(x) = hiddens[layer]`,
+        `decoder(encoder(x)) = output`; they share this network's parameters."""
+        check_layer(layer, len(self.layers))
+        return (Stack(None, self.layers[: layer + 1], None, self.activation),
+                Stack(None, self.layers[layer + 1 :], self.readout, self.activation))
+
 
 class ResMLP(eqx.Module):
     """A residual MLP: `h₀ = act(W₀·x + b₀)`, then `h_l = h_{l−1} + act(W_l·h_{l−1} + b_l)`.
@@ -103,6 +111,12 @@ class ResMLP(eqx.Module):
             hiddens.append(h)
         return self.readout(h), tuple(hiddens)
 
+    def split(self, layer: int) -> tuple[eqx.Module, eqx.Module]:
+        """`(encoder, decoder)` at hidden `layer` (see `MLP.split`)."""
+        check_layer(layer, len(self.blocks) + 1)
+        return (Stack(self.first, self.blocks[:layer], None, self.activation, residual=True),
+                Stack(None, self.blocks[layer:], self.readout, self.activation, residual=True))
+
 
 class DeepLinear(eqx.Module):
     """A deep linear network `W_L ⋯ W₁·x` (no biases, no activations), `depth` hidden layers.
@@ -128,3 +142,9 @@ class DeepLinear(eqx.Module):
             h = layer(h)
             hiddens.append(h)
         return self.readout(h), tuple(hiddens)
+
+    def split(self, layer: int) -> tuple[eqx.Module, eqx.Module]:
+        """`(encoder, decoder)` at hidden `layer` (see `MLP.split`)."""
+        check_layer(layer, len(self.layers))
+        return (Stack(None, self.layers[: layer + 1], None, "none"),
+                Stack(None, self.layers[layer + 1 :], self.readout, "none"))

@@ -1,0 +1,144 @@
+"""predict_effective_rates: exact on the linearised model and a two-layer linear network; the
+instantaneous-rate observer; bad input."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import flowsolve as fs
+import models
+
+
+class Linearised(eqx.Module):
+    """The linearised two-point model of THEORY.md §2 as a network: h(x) = c_h·A·(x − x̄),
+    ŷ(h) = c_y·B·h + c_b·b. Gradient flow on (A, B, b) gives D_h = c_h·A, D_y = c_y·B, ȳ = c_b·b the
+    time constants 1/τ = c², so η_h = c_h²/2, η_y = c_y²/2, η̄ = c_b²."""
+
+    A: jax.Array
+    B: jax.Array
+    b: jax.Array
+    x_mean: jax.Array
+    c: tuple = eqx.field(static=True)
+
+    def __call__(self, x):
+        encoder, decoder = self.split(0)
+        h = encoder(x)
+        return decoder(h), (h,)
+
+    def split(self, layer):
+        if layer != 0:
+            raise ValueError("`layer` must be 0.")
+        return _Encoder(self.A, self.x_mean, self.c), _Decoder(self.B, self.b, self.c)
+
+
+class _Encoder(eqx.Module):
+    A: jax.Array
+    x_mean: jax.Array  # data, held fixed: its gradient is stopped
+    c: tuple = eqx.field(static=True)
+
+    def __call__(self, x):
+        return self.c[0] * self.A @ (x - jax.lax.stop_gradient(self.x_mean))
+
+
+class _Decoder(eqx.Module):
+    B: jax.Array
+    b: jax.Array
+    c: tuple = eqx.field(static=True)
+
+    def __call__(self, h):
+        return self.c[1] * self.B @ h + self.c[2] * self.b
+
+
+def _linearised(hidden, out, c=(1.3, 0.7, 0.9), seed=0, inputs=None):
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    inputs = jnp.array([[-1.0], [0.0]]) if inputs is None else inputs
+    model = Linearised(0.3 * jax.random.normal(k1, (hidden, inputs.shape[1])),
+                       0.3 * jax.random.normal(k2, (out, hidden)), 0.1 * jax.random.normal(k3, (out,)),
+                       jnp.mean(inputs, axis=0), c)
+    return model, inputs
+
+
+def test_exact_on_the_linearised_model():
+    for hidden, out in [(1, 1), (5, 3)]:
+        model, inputs = _linearised(hidden, out)
+        targets = jnp.array([[0.6] * out, [0.6 + 0.5**0.5] * out]) / out**0.5
+        # x_mean is an inexact leaf too but is held fixed by stop_gradient; the rates must not see it.
+        rates = fs.predict_effective_rates(model, inputs, targets, 0)
+        c_h, c_y, c_b = model.c
+        np.testing.assert_allclose(float(rates.eta_h), c_h**2 / 2, rtol=1e-12)
+        np.testing.assert_allclose(float(rates.eta_y), c_y**2 / 2, rtol=1e-12)
+        np.testing.assert_allclose(float(rates.eta_mean), c_b**2, rtol=1e-12)
+
+
+def test_exact_on_a_two_layer_linear_network():
+    inputs, targets = fs.experiments.two_point_data(in_size=3, out_size=2)
+    net = models.DeepLinear(3, 2, width=40, depth=1, gain=0.7, key=jax.random.key(1))
+    rates = fs.predict_effective_rates(net, inputs, targets, 0)
+    # No biases: the encoder kernel is x_iᵀx_j·I and the decoder's h_iᵀh_j·I, contrasts dx2 and h.
+    np.testing.assert_allclose([float(rates.eta_h), float(rates.eta_y)], [0.5, 0.5], rtol=1e-12)
+
+
+def test_predicted_rates_reproduce_the_linearised_flow():
+    # 1-d hidden and output: the reduction is exact (THEORY.md §2), so the theory with the *predicted*
+    # rates (no fitting) must follow the model's exact gradient flow.
+    model, inputs = _linearised(1, 1, c=(1.3, 0.7, 0.9), seed=3)
+    targets = jnp.array([[0.6], [0.6 + 0.5**0.5]])
+    rates = fs.predict_effective_rates(model, inputs, targets, 0)
+    ts = jnp.linspace(0.0, 6.0, 61)
+    flow = fs.gradient_flow(model, inputs, targets, 6.0, ts=ts, layer=0, rtol=1e-11, atol=1e-13)
+    o = flow.observed
+    theory = fs.EffectiveTheory(rates.eta_h, rates.eta_y, 1.0, 0.5)
+    sol = fs.solve_theory(theory, [o["h"][0], o["y"][0], o["w"][0]], 6.0, ts=ts, m0=o["m"][0],
+                          eta_mean=rates.eta_mean, rtol=1e-11, atol=1e-13)
+    for k in ("h", "y", "w", "loss"):
+        np.testing.assert_allclose(np.asarray(getattr(sol, k)), np.asarray(o[k]), atol=1e-8, err_msg=k)
+
+
+def test_instantaneous_rates_at_t0_equal_the_prediction():
+    exp = fs.experiments.two_points("tanh", key=jax.random.key(0), width=16, depth=4)
+    observer = fs.rates_observer(exp.model, exp.layer)
+    flow = fs.gradient_flow(exp.model, exp.inputs, exp.targets, 0.5, ts=jnp.linspace(0, 0.5, 6), observe=observer,
+                            rtol=1e-8, atol=1e-10)
+    rates = fs.predict_effective_rates(exp.model, exp.inputs, exp.targets, exp.layer)
+    for k in ("eta_h", "eta_y", "eta_mean"):
+        np.testing.assert_allclose(float(flow.observed[k][0]), float(getattr(rates, k)), rtol=1e-12, err_msg=k)
+    assert np.all(np.isfinite(np.asarray(flow.observed["eta_h"])))
+
+
+@pytest.mark.parametrize("arch", ["MLP", "ResMLP", "DeepLinear", "CNN1d"])
+def test_split_reassembles_the_network(arch):
+    key = jax.random.key(0)
+    kwargs = {"channels": 3, "kernel_size": 3} if arch == "CNN1d" else {}
+    net = getattr(models, arch)(1, 2, 8, 3, key=key, **kwargs)
+    x = jnp.array([-0.4])
+    out, hiddens = net(x)
+    for layer in range(len(hiddens)):
+        encoder, decoder = net.split(layer)
+        np.testing.assert_allclose(np.asarray(encoder(x)), np.asarray(hiddens[layer]), rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(decoder(encoder(x))), np.asarray(out), rtol=1e-12)
+    rates = fs.predict_effective_rates(net, jnp.array([[-1.0], [0.5]]), jnp.array([[0.1, 0.2], [0.5, 0.9]]), 1)
+    assert float(rates.eta_h) > 0 and float(rates.eta_y) > 0 and float(rates.eta_mean) > 0
+
+
+class _NoSplit(eqx.Module):
+    w: jax.Array
+
+    def __call__(self, x):
+        return self.w * x, (self.w * x,)
+
+
+def test_bad_input():
+    exp = fs.experiments.two_points("default", key=jax.random.key(0), width=8, depth=3)
+    with pytest.raises(ValueError, match=r"`layer` must be an int in \[0, 2\]"):
+        fs.predict_effective_rates(exp.model, exp.inputs, exp.targets, 3)
+    with pytest.raises(ValueError, match="split is undefined"):
+        fs.predict_effective_rates(_NoSplit(jnp.ones(1)), exp.inputs, exp.targets, 0)
+    with pytest.raises(ValueError, match="exactly two points"):
+        fs.predict_effective_rates(exp.model, exp.inputs[:1], exp.targets[:1], 0)
+    broken = eqx.tree_at(lambda m: m.readout.weight, exp.model, replace_fn=lambda w: w * jnp.nan)
+    with pytest.raises(ValueError, match="Non-finite tangent kernels"):
+        fs.predict_effective_rates(broken, exp.inputs, exp.targets, 1)
+    with pytest.raises(ValueError, match="split is undefined"):
+        fs.rates_observer(_NoSplit(jnp.ones(1)), 0)
