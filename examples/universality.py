@@ -14,7 +14,9 @@ Writes `universality.md` (the table), `universality.csv` (one line per run) and 
 `--out/runs/` as it completes, so an interrupted run resumes where it stopped.
 
 Verdict column: "tracks" when every normalised error is below 5 %, "rough" below 15 %, else
-"fails". The paper expects failures for shallow, two_layer and large gains.
+"fails". The paper expects failures for shallow, two_layer and large gains. The last three
+columns compare with the rates *predicted* from the network's tangent kernels at initialisation
+(`predict_effective_rates`, no fitting) and give the theory's error when run with those.
 """
 
 import argparse
@@ -61,7 +63,8 @@ def flow_one(label: str, spec: dict, seed: int, rtol: float, folder: pathlib.Pat
         stored = np.load(file, allow_pickle=False)
         run = json.loads(str(stored["summary"])) | {k: stored[k] for k in stored.files if k != "summary"}
         if "net_m" not in run and "net_loss" in run:  # files from before m was stored: L = ½m + ¼(w + ½(dy2 − y))
-            run["net_m"] = 2 * (run["net_loss"] - 0.25 * (run["net_w"] + 0.5 * (DY2 - run["net_y"])))
+            m = 2 * (run["net_loss"] - 0.25 * (run["net_w"] + 0.5 * (DY2 - run["net_y"])))
+            run["net_m"] = np.maximum(m, 0.0)  # the identity leaves rounding-level negatives
         return run
     exp = fs.experiments.two_points(spec["setting"], key=jax.random.key(seed), width=spec.get("width"),
                                     gain=spec.get("gain"), lr=spec.get("lr"))
@@ -82,20 +85,38 @@ def flow_one(label: str, spec: dict, seed: int, rtol: float, folder: pathlib.Pat
     return run | curves
 
 
-def fit_one(run: dict) -> dict:
-    """Fit the theory to a stored flow (cheap: redone on every invocation)."""
+def fit_one(run: dict, spec: dict) -> dict:
+    """Fit the theory to a stored flow, and predict the rates from the network at initialisation
+    (both cheap: redone on every invocation)."""
     nan = float("nan")
     if not run["flow_ok"]:
-        return run | {"converged": False, "eta_h": nan, "eta_y": nan, "eta_mean": nan,
+        return run | {"converged": False, **{k: nan for k in ("eta_h", "eta_y", "eta_mean", "pred_eta_h",
+                                                                "pred_eta_y", "pred_eta_mean", "pred_err")},
                       **{f"err_{k}": nan for k in ("h", "y", "w", "m", "loss")}}
     ts = run["ts"]
     fit = fs.fit_effective_rates(ts, run["net_h"], run["net_y"], run["net_w"], DX2, DY2, m=run["net_m"])
     theory = fit.predict(ts, throw=False)
+    # Predicted at initialisation (no fitting): the tangent-kernel rates of the same network.
+    exp = fs.experiments.two_points(spec["setting"], key=jax.random.key(run["seed"]), width=spec.get("width"),
+                                    gain=spec.get("gain"), lr=spec.get("lr"))
+    pred = fs.predict_effective_rates(exp.model, exp.inputs, exp.targets, exp.layer)
+    state0 = [run["net_h"][0], run["net_y"][0], run["net_w"][0]]
+    predicted = fs.solve_theory(fs.EffectiveTheory(pred.eta_h, pred.eta_y, DX2, DY2), state0, ts[-1], ts=ts,
+                                m0=run["net_m"][0], eta_mean=pred.eta_mean, throw=False)
+    pred_err = max(normalised_error(np.asarray(getattr(predicted, k)), run[f"net_{k}"]) for k in ("h", "y", "w"))
+    if not bool(predicted.result == fs.RESULTS.successful):
+        pred_err = nan
     return run | {
         "converged": bool(fit.converged), "eta_h": float(fit.eta_h), "eta_y": float(fit.eta_y),
         "eta_mean": float(fit.eta_mean), **{f"err_{k}": float(v) for k, v in fit.errors.items()},
         **{f"theory_{k}": np.asarray(getattr(theory, k)) for k in ("h", "y", "w", "loss")},
+        "pred_eta_h": float(pred.eta_h), "pred_eta_y": float(pred.eta_y), "pred_eta_mean": float(pred.eta_mean),
+        "pred_err": pred_err, **{f"pred_{k}": np.asarray(getattr(predicted, k)) for k in ("h", "y", "w")},
     }
+
+
+def normalised_error(model: np.ndarray, observed: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((model - observed) ** 2)) / np.ptp(observed))
 
 
 def verdict(errors: list[float]) -> str:
@@ -121,14 +142,16 @@ def main():
     results: dict[str, list[dict]] = {}
     for label, spec in specs:
         for seed in range(args.seeds):
-            r = fit_one(flow_one(label, spec, seed, args.rtol, out / "runs"))
+            r = fit_one(flow_one(label, spec, seed, args.rtol, out / "runs"), spec)
             results.setdefault(label, []).append(r)
             print(f"{label:10s} seed {seed}: err h {r['err_h']:.3f} y {r['err_y']:.3f} w {r['err_w']:.3f} "
-                  f"loss {r['err_loss']:.3f}  η_h {r['eta_h']:.3g} η_y {r['eta_y']:.3g}  "
+                  f"loss {r['err_loss']:.3f}  η_h {r['eta_h']:.3g} η_y {r['eta_y']:.3g} "
+                  f"(predicted {r['pred_eta_h']:.3g}, {r['pred_eta_y']:.3g}: err {r['pred_err']:.3f})  "
                   f"({r['flow_steps']} steps, {r['seconds']:.0f} s)", flush=True)
 
     keys = ["row", "seed", "width", "depth", "gain", "t1", "flow_ok", "converged", "eta_h", "eta_y", "eta_mean",
-            "err_h", "err_y", "err_w", "err_m", "err_loss", "flow_steps", "seconds"]
+            "err_h", "err_y", "err_w", "err_m", "err_loss", "pred_eta_h", "pred_eta_y", "pred_eta_mean", "pred_err",
+            "flow_steps", "seconds"]
     with open(out / "universality.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, keys, extrasaction="ignore")
         writer.writeheader()
@@ -143,8 +166,8 @@ def main():
         f"Exact gradient flows (Tsit5, rtol {args.rtol:g}), width {args.width} (narrow: 50), "
         f"{args.seeds} seeds; errors are RMSE / range of the network's curve, mean ± sd over seeds.",
         "",
-        "| row | depth | gain | err h | err y | err w | err loss | η_h | η_y | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| row | depth | gain | err h | err y | err w | err loss | η_h | η_y | verdict | η_h predicted | η_y predicted | err with predicted rates |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, runs in results.items():
         errs = [max(r["err_h"], r["err_y"], r["err_w"], r["err_loss"]) for r in runs]
@@ -153,7 +176,9 @@ def main():
             f"| {label} | {runs[0]['depth']} | {runs[0]['gain']:g} | "
             + " | ".join(ms([r[f"err_{k}"] for r in runs]) for k in ("h", "y", "w", "loss"))
             + f" | {ms([r['eta_h'] for r in runs])} | {ms([r['eta_y'] for r in runs])} | "
-            + f"{verdict([float(np.mean(errs))])}{flags} |"
+            + f"{verdict([float(np.mean(errs))])}{flags} | "
+            + f"{ms([r['pred_eta_h'] for r in runs])} | {ms([r['pred_eta_y'] for r in runs])} | "
+            + f"{ms([r['pred_err'] for r in runs])} |"
         )
     table = "\n".join(lines)
     (out / "universality.md").write_text(table + "\n")
@@ -171,12 +196,13 @@ def main():
         for k, color in zip(("h", "y", "w"), ("C0", "C1", "C2")):
             ax.plot(c["ts"], c[f"net_{k}"], color=color, label=k)
             ax.plot(c["ts"], c[f"theory_{k}"], color=color, ls="--")
+            ax.plot(c["ts"], c[f"pred_{k}"], color=color, ls=":", lw=1)
         ax.set_title(f"{label} (err ≤ {max(runs[0]['err_h'], runs[0]['err_y'], runs[0]['err_w']):.2f})", fontsize=9)
         ax.set_xlabel("gradient-flow time")
     for ax in axes.flat[n:]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
-    fig.suptitle("network (solid) vs fitted theory (dashed)")
+    fig.suptitle("network (solid), fitted theory (dashed), theory with rates predicted at init (dotted)")
     fig.tight_layout()
     fig.savefig(out / "universality.png", dpi=110)
     print(f"wrote {out / 'universality.md'}, {out / 'universality.csv'}, {out / 'universality.png'}")

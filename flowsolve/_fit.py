@@ -278,7 +278,11 @@ def _fit_one(data: _Data, init, layout: _Layout, solve: _Solver, tol, max_steps)
     states, ok, ode_steps = _trajectory(solve, rates, start, data)
     errors = _normalised_errors(states, data, layout, eta_mean, m0)
     converged = lm_ok & ok & jnp.all(jnp.isfinite(params))
-    state0 = states[0]
+    # The start itself (finite even when the solve at the optimum failed), as (h, y, w).
+    if layout.regular:
+        state0 = jnp.stack(from_regular(_Rates(rates[0], rates[1], data.dx2, data.dy2), *start))
+    else:
+        state0 = start
     nan = jnp.full((), jnp.nan, params.dtype)
     return FitResult(
         eta_h=rates[0],

@@ -45,6 +45,7 @@ def test_noise_free_recovery(eta_h, eta_y, state0):
     np.testing.assert_allclose(float(fit.eta_h), eta_h, rtol=1e-5)
     np.testing.assert_allclose(float(fit.eta_y), eta_y, rtol=1e-5)
     assert max(float(e) for e in fit.errors.values()) < 1e-6
+    np.testing.assert_allclose(np.asarray(fit.state0), [h[0], y[0], w[0]], rtol=1e-10, atol=1e-14)
     # The integral-equation start is within a factor 2 (with 300 samples; closer with more): no grid.
     np.testing.assert_allclose(np.asarray(fit.init), [eta_h, eta_y], rtol=0.5)
 
