@@ -7,8 +7,8 @@ and `gᵢ = ∂L/∂hᵢ`, gradient flow moves the hidden difference as
     d(h₂ − h₁)/dt = −Σⱼ (K^e₂ⱼ − K^e₁ⱼ)·gⱼ,        K^e_ij = J_e(xᵢ)·J_e(xⱼ)ᵀ.
 
 In the linearised model of THEORY.md §2, `gⱼ = ½·D_yᵀ(e ∓ ½r)` with `r = dŷ − dy*`, `e = ȳ − ȳ*`; its
-antisymmetric part gives `d(dh)/dt = −¼·(K^e₁₁ + K^e₂₂ − K^e₁₂ − K^e₂₁)·v`, `v = g₂ − g₁ ∝ D_yᵀr`, against
-the reduced model's `−½·η_h·dx2·v`. So `η_h = κ_e/(2·dx2)`, with κ_e the encoder's pair contrast read
+antisymmetric part gives `d(dh)/dt = −¼·(K^e₁₁ + K^e₂₂ − K^e₁₂ − K^e₂₁)·D_yᵀr` (= −½·(…)·v with
+`v = g₂ − g₁ = ½·D_yᵀr`), against the reduced model's `−½·η_h·dx2·D_yᵀr`. So `η_h = κ_e/(2·dx2)`, with κ_e the encoder's pair contrast read
 along v. Likewise the decoder moves the output difference by `−¼·κ_d·r` against `−½·η_y·h·r`:
 `η_y = κ_d/(2·h)`; and the mean by `−¼·(K₁₁ + K₂₂ + K₁₂ + K₂₁)·e` (full kernel) against `−η̄·e`:
 `η̄ = κ̄/4`. Each contrast along a unit vector u is `‖(J(x₂) − J(x₁))ᵀu‖²`: one vector–Jacobian product,

@@ -142,3 +142,19 @@ def test_bad_input():
         fs.predict_effective_rates(broken, exp.inputs, exp.targets, 1)
     with pytest.raises(ValueError, match="split is undefined"):
         fs.rates_observer(_NoSplit(jnp.ones(1)), 0)
+
+
+def test_prediction_against_the_fit_on_a_wide_network():
+    # Width 200, depth 4, tanh, gain 1, inputs ±0.5 (off any kink). Measured 2026-11-26 (seed 0):
+    # predicted / fitted = 0.58 (η_h), 0.35 (η_y), 0.95 (η̄); the fit itself is excellent (< 1 %).
+    # The kernels barely move along this flow; the gap is the misalignment of the decoder's gradient
+    # with dh, which the reduced model assumes away (docs/rates.md).
+    inputs, targets = fs.experiments.two_point_data(x0=-0.5)
+    net = models.MLP(1, 1, 200, 4, activation="tanh", gain=1.0, key=jax.random.key(0))
+    pred = fs.predict_effective_rates(net, inputs, targets, 2)
+    result = fs.fit_network(net, inputs, targets, 10.0, layer=2, flow_options={"rtol": 1e-6})
+    fit = result.fit
+    assert max(float(v) for v in fit.errors.values()) < 0.02
+    assert 0.4 < float(pred.eta_h / fit.eta_h) < 0.8
+    assert 0.2 < float(pred.eta_y / fit.eta_y) < 0.5
+    assert 0.85 < float(pred.eta_mean / fit.eta_mean) < 1.05
