@@ -33,6 +33,7 @@ from ._observables import (
     TwoPointObservables as TwoPointObservables,
 )
 from ._results import RESULTS as RESULTS
+from ._sweep import sweep as sweep
 from ._theory import (
     EffectiveTheory as EffectiveTheory,
     from_regular as from_regular,

@@ -264,8 +264,12 @@ def _fit_one(data: _Data, init, layout: _Layout, solve: _Solver, tol, max_steps)
         return sol.value, cost, sol.result == optx.RESULTS.successful, sol.stats["num_steps"]
 
     values, costs, successes, steps = jax.lax.map(solve_from, starts)
-    best = jnp.argmin(jnp.where(successes, costs, jnp.inf))
-    best = jnp.where(jnp.any(successes), best, jnp.argmin(costs))
+    # The first start (the integral estimate) unless another converged fit is better by more than
+    # rounding (relative 1e-9 plus 1e-10 of the normalised cost): equal optima reached from both starts report the integral start.
+    ranked = jnp.where(successes, costs, jnp.inf)
+    ranked = jnp.where(jnp.any(successes), ranked, costs)
+    better = ranked < ranked[0] - (1e-9 * ranked[0] + 1e-10)
+    best = jnp.where(jnp.any(better), jnp.argmin(ranked), 0)
     params, start_rates = values[best], starts[best]
     lm_ok, num_steps = successes[best], jnp.sum(steps)
     # Standard errors from the Jacobian at the optimum (forward mode through the solve).

@@ -4,6 +4,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -39,6 +41,7 @@ def test_main_demo_network_small(tmp_path):
     assert out.stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_universality_and_falsification_examples(tmp_path):
     # The cheapest row (two_layer: one hidden layer) at width 8: table, CSV, figure, stored runs,
     # a resumed second invocation, and the falsification table read from the stored runs.

@@ -1,0 +1,204 @@
+"""Sweeps: one compiled, batched computation over the product of axes, chunked, sharded, resumable."""
+
+import json
+import math
+import os
+import pathlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike
+
+PointFn = Callable[[dict[str, Array]], dict[str, Array]]
+
+
+def sweep(
+    fn: PointFn,
+    axes: Mapping[str, ArrayLike],
+    *,
+    dims: Mapping[str, Sequence[str]] | None = None,
+    coords: Mapping[str, ArrayLike] | None = None,
+    chunk_size: int | None = None,
+    memory_budget: int = 2**30,
+    store: str | os.PathLike | None = None,
+    name: str = "sweep",
+    progress: bool = True,
+    callback: Callable[[int, int], None] | None = None,
+):
+    """Evaluate `fn` at every point of the product of `axes`, as one jitted, vmapped computation per
+    chunk, with each chunk's points sharded over every device JAX sees; return an `xarray.Dataset`.
+
+    **Arguments:**
+
+    - `fn`: maps one point, a dict axis name → scalar array, to a dict name → array of fixed shape
+      (e.g. a `solve_theory` with `throw=False`, returning `sol.h` and `sol.result == RESULTS.successful`).
+      It must be a pure JAX function of the point: randomness from a `seed` axis (`jax.random.key`),
+      so that results do not depend on chunking or devices.
+    - `axes`: axis name → 1-d values; the sweep runs over their Cartesian product (C order).
+
+    **Other arguments:**
+
+    - `dims`: output name → names of its own dimensions (e.g. `{"h": ["time"]}`); default `dim_0, …`.
+    - `coords`: coordinates of those dimensions (e.g. `{"time": ts}`).
+    - `chunk_size`: points per compiled call; default: as many as fit `memory_budget` bytes of outputs
+      (at most 4 096). Rounded up to a multiple of the device count.
+    - `store`: a directory; each finished chunk is written there at once (netCDF), and a sweep run
+      again with the same store skips the chunks already there (an interrupted sweep resumes; the
+      result is identical). A store written by a different sweep (name, axes, outputs, chunk size) is
+      refused.
+    - `name`: the sweep's name, part of the store's identity.
+    - `progress`: a progress bar over points (tqdm) with points/s and the time left.
+    - `callback`: called as `callback(chunk_index, n_chunks)` after each chunk is computed and stored.
+
+    **Returns:** an `xarray.Dataset` with dimensions the axes (coordinates their values) followed by
+    each output's own dimensions, plus `finite`: whether every output of a point is finite. A point that
+    fails is flagged there (or by the status `fn` returns) and the others go on.
+
+    **Raises:** `ValueError` for an empty, non-1-d or non-finite axis, `fn` asking for an axis that is
+    not given, a `memory_budget` too small for one point, or a store holding a different sweep.
+
+    !!! example
+
+        ```python
+        def final_distance(p):
+            theory = flowsolve.EffectiveTheory(p["eta_h"], 1.0, 1.0, 0.5)
+            sol = flowsolve.solve_theory(theory, jnp.stack([p["h0"], 0.0, 0.0]), 100.0, throw=False)
+            return {"h_end": sol.h[-1], "ok": sol.result == flowsolve.RESULTS.successful}
+
+        ds = flowsolve.sweep(final_distance, {"eta_h": [0.5, 1, 2], "h0": np.logspace(-3, 1, 50)})
+        ds.h_end.sel(eta_h=1.0)
+        ```
+    """
+    import xarray as xr
+
+    names, values = _check_axes(axes)
+    shape = tuple(len(v) for v in values)
+    n = math.prod(shape)
+    grids = np.meshgrid(*values, indexing="ij")
+    points = {k: g.reshape(-1) for k, g in zip(names, grids)}
+
+    example = {k: jnp.asarray(v[0]) for k, v in points.items()}
+    try:
+        out_struct = jax.eval_shape(fn, example)
+    except KeyError as e:
+        raise ValueError(f"`fn` asks for the axis {e.args[0]!r}, which is not among the axes {names}.") from None
+    if not isinstance(out_struct, dict) or not out_struct:
+        raise ValueError("`fn` must return a non-empty dict name → array.")
+    bytes_per_point = sum(math.prod(s.shape) * s.dtype.itemsize for s in out_struct.values())
+    if bytes_per_point > memory_budget:
+        raise ValueError(
+            f"One point's outputs take {bytes_per_point} bytes, more than `memory_budget` = {memory_budget}."
+        )
+    devices = jax.devices()
+    if chunk_size is None:
+        chunk_size = max(1, min(4096, memory_budget // max(bytes_per_point, 1), n))
+    if not (isinstance(chunk_size, int) and chunk_size >= 1):
+        raise ValueError(f"`chunk_size` must be a positive int, got {chunk_size!r}.")
+    chunk_size = -(-chunk_size // len(devices)) * len(devices)
+    n_chunks = -(-n // chunk_size)
+    dims = dict(dims or {})
+    out_dims = {
+        k: tuple(dims.get(k, [f"{k}_dim_{i}" for i in range(len(s.shape))])) for k, s in out_struct.items()
+    }
+    for k, d in out_dims.items():
+        if len(d) != len(out_struct[k].shape):
+            raise ValueError(f"`dims[{k!r}]` names {len(d)} dimensions but the output has shape {out_struct[k].shape}.")
+
+    folder = None
+    if store is not None:
+        folder = pathlib.Path(store)
+        identity = {
+            "name": name, "axes": {k: np.asarray(v).tolist() for k, v in zip(names, values)},
+            "outputs": {k: [list(s.shape), str(s.dtype)] for k, s in out_struct.items()}, "chunk_size": chunk_size,
+        }
+        _claim(folder, identity)
+
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("points",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("points"))
+    batched = jax.jit(jax.vmap(fn))
+
+    bar = _progress_bar(n, name) if progress else None
+    chunks: list[dict[str, np.ndarray]] = []
+    for c in range(n_chunks):
+        lo, hi = c * chunk_size, min((c + 1) * chunk_size, n)
+        file = None if folder is None else folder / f"chunk-{c:06d}.nc"
+        if file is not None and file.exists():
+            with xr.open_dataset(file, engine="h5netcdf") as stored:
+                chunks.append({k: stored[k].values for k in out_struct})
+        else:
+            idx = np.arange(lo, lo + chunk_size).clip(max=n - 1)  # pad the last chunk with its last point
+            inputs = {k: jax.device_put(jnp.asarray(v[idx]), sharding) for k, v in points.items()}
+            out = jax.device_get(batched(inputs))
+            out = {k: np.asarray(v)[: hi - lo] for k, v in out.items()}
+            if file is not None:
+                ds = xr.Dataset({k: (("point", *out_dims[k]), v) for k, v in out.items()})
+                tmp = file.with_suffix(f".tmp{os.getpid()}")
+                ds.to_netcdf(tmp, engine="h5netcdf")
+                os.replace(tmp, file)  # atomic: an interrupted write leaves no half chunk
+            chunks.append(out)
+            if callback is not None:
+                callback(c, n_chunks)
+        if bar is not None:
+            bar.update(hi - lo)
+    if bar is not None:
+        bar.close()
+
+    data = {}
+    for k in out_struct:
+        full = np.concatenate([ch[k] for ch in chunks]).reshape(shape + tuple(out_struct[k].shape))
+        data[k] = ((*names, *out_dims[k]), full)
+    finite = np.ones(shape, dtype=bool)
+    for k, (_, v) in data.items():
+        if np.issubdtype(v.dtype, np.inexact):
+            finite &= np.all(np.isfinite(v), axis=tuple(range(len(shape), v.ndim)))
+    data["finite"] = (names, finite)
+    all_coords = {k: v for k, v in zip(names, values)}
+    all_coords.update({k: np.asarray(v) for k, v in (coords or {}).items()})
+    return xr.Dataset(data, coords=all_coords, attrs={"name": name})
+
+
+def _check_axes(axes) -> tuple[list[str], list[np.ndarray]]:
+    if not isinstance(axes, Mapping) or not axes:
+        raise ValueError("`axes` must be a non-empty dict name → 1-d values.")
+    names, values = [], []
+    for k, v in axes.items():
+        if not isinstance(k, str) or not k.isidentifier():
+            raise ValueError(f"Axis names must be identifiers, got {k!r}.")
+        arr = np.asarray(v)
+        if arr.ndim != 1 or arr.size == 0:
+            raise ValueError(f"Axis {k!r} must be a non-empty 1-d array of values, got shape {arr.shape}.")
+        if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
+            raise ValueError(f"Axis {k!r} has non-finite values.")
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+            raise ValueError(f"Axis {k!r} must be numeric, got dtype {arr.dtype}.")
+        names.append(k)
+        values.append(arr)
+    return names, values
+
+
+def _claim(folder: pathlib.Path, identity: dict[str, Any]) -> None:
+    """Create the store, or check that it holds this same sweep."""
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = folder / "sweep.json"
+    text = json.dumps(identity, sort_keys=True)
+    if manifest.exists():
+        held = json.loads(manifest.read_text())
+        if json.dumps(held, sort_keys=True) != text:
+            diff = [k for k in identity if held.get(k) != identity[k]]
+            raise ValueError(
+                f"The store {str(folder)!r} holds a different sweep (differs in: {', '.join(diff)}); "
+                "use another store, or delete it to start over."
+            )
+    else:
+        manifest.write_text(text)
+
+
+def _progress_bar(total: int, name: str):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # progress is a convenience, not a requirement
+        return None
+    return tqdm(total=total, desc=name, unit="pt", smoothing=0.1)
