@@ -5,7 +5,6 @@ import subprocess
 import sys
 import textwrap
 
-import diffrax
 import jax
 import numpy as np
 import pytest

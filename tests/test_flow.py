@@ -1,6 +1,5 @@
 """Exact gradient flow, gradient descent, architectures, and the experiments table."""
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp

@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 import sympy as sp
 
 from flowsolve import EffectiveTheory, symbolic
