@@ -1,5 +1,6 @@
 """Sweeps: one compiled, batched computation over the product of axes, chunked, sharded, resumable."""
 
+import functools
 import json
 import math
 import os
@@ -118,7 +119,7 @@ def sweep(
 
     mesh = jax.sharding.Mesh(np.asarray(devices), ("points",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("points"))
-    batched = jax.jit(jax.vmap(fn))
+    batched = _batched(fn)
 
     bar = _progress_bar(n, name) if progress else None
     chunks: list[dict[str, np.ndarray]] = []
@@ -158,6 +159,12 @@ def sweep(
     all_coords = {k: v for k, v in zip(names, values)}
     all_coords.update({k: np.asarray(v) for k, v in (coords or {}).items()})
     return xr.Dataset(data, coords=all_coords, attrs={"name": name})
+
+
+@functools.lru_cache(maxsize=64)
+def _batched(fn: PointFn):
+    """One jitted, vmapped wrapper per `fn`, so that repeated sweeps reuse its compilation."""
+    return jax.jit(jax.vmap(fn))
 
 
 def _check_axes(axes) -> tuple[list[str], list[np.ndarray]]:
