@@ -265,7 +265,8 @@ def _fit_one(data: _Data, init, layout: _Layout, solve: _Solver, tol, max_steps)
 
     values, costs, successes, steps = jax.lax.map(solve_from, starts)
     # The first start (the integral estimate) unless another converged fit is better by more than
-    # rounding (relative 1e-9 plus 1e-10 of the normalised cost): equal optima reached from both starts report the integral start.
+    # rounding (relative 1e-9 plus 1e-10 of the normalised cost): equal optima reached from both
+    # starts report the integral start.
     ranked = jnp.where(successes, costs, jnp.inf)
     ranked = jnp.where(jnp.any(successes), ranked, costs)
     better = ranked < ranked[0] - (1e-9 * ranked[0] + 1e-10)
@@ -390,7 +391,8 @@ def fit_effective_rates(
       is reported.
     - `weights`: non-negative weights per sample `(…, times)` or per sample and variable
       `(…, times, 3)`; default all one.
-    - `init`: starting `(eta_h, eta_y)`; default from the integral equations.
+    - `init`: the one starting `(eta_h, eta_y)`; default two starts, the integral equations' estimate
+      and equal rates at its geometric mean (the better fit is kept).
     - `fit_initial_state`: also fit `(h0, y0, w0)` (and `m0`) instead of taking the first sample
       as exact. Use it for noisy data: treating a noisy first sample as exact biases the rates.
     - `vector_field`: fit an alternative theory `f(state, eta_h, eta_y, dx2, dy2) -> d/dt [h, y, w]`
