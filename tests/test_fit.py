@@ -109,6 +109,8 @@ def test_batched_equals_single_fits():
     obs = np.stack([o for _, o in trajectories])  # (batch, 3, times)
     batched = fs.fit_effective_rates(ts, obs[:, 0], obs[:, 1], obs[:, 2], DX2, DY2)
     assert batched.eta_h.shape == (3,)
+    with pytest.raises(ValueError, match="needs an unbatched fit"):
+        batched.predict(ts[0])
     for i, (t, o) in enumerate(trajectories):
         single = fs.fit_effective_rates(t, *o, DX2, DY2)
         np.testing.assert_allclose(float(batched.eta_h[i]), float(single.eta_h), rtol=1e-9)
