@@ -19,6 +19,7 @@ from ._kernels import (
     rates_observer as rates_observer,
     RatesObserver as RatesObserver,
 )
+from ._ensemble import ensemble_flow as ensemble_flow
 from ._flow import (
     FlowSolution as FlowSolution,
     gradient_descent as gradient_descent,

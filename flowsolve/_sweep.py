@@ -1,6 +1,7 @@
 """Sweeps: one compiled, batched computation over the product of axes, chunked, sharded, resumable."""
 
 import functools
+import itertools
 import json
 import math
 import os
@@ -18,8 +19,10 @@ PointFn = Callable[[dict[str, Array]], dict[str, Array]]
 
 def sweep(
     fn: PointFn,
-    axes: Mapping[str, ArrayLike],
+    axes: Mapping[str, ArrayLike | Sequence[Any]],
     *,
+    static: Sequence[str] = (),
+    batched: bool = False,
     dims: Mapping[str, Sequence[str]] | None = None,
     coords: Mapping[str, ArrayLike] | None = None,
     chunk_size: int | None = None,
@@ -42,6 +45,12 @@ def sweep(
 
     **Other arguments:**
 
+    - `static`: names of axes whose values change array shapes or code (width, depth, activation,
+      architecture). Each combination of their values is its own compiled group, and `fn` receives
+      them as plain Python values (int, float, str). Outputs must have the same shapes in every group.
+    - `batched`: `fn` maps a whole chunk at once: each axis a 1-d array over the chunk's points, each
+      output with a leading point axis. Use it to run one `ensemble_flow` per chunk instead of
+      vmapping `gradient_flow`.
     - `dims`: output name → names of its own dimensions (e.g. `{"h": ["time"]}`); default `dim_0, …`.
     - `coords`: coordinates of those dimensions (e.g. `{"time": ts}`).
     - `chunk_size`: points per compiled call; default: as many as fit `memory_budget` bytes of outputs
@@ -52,14 +61,16 @@ def sweep(
       refused.
     - `name`: the sweep's name, part of the store's identity.
     - `progress`: a progress bar over points (tqdm) with points/s and the time left.
-    - `callback`: called as `callback(chunk_index, n_chunks)` after each chunk is computed and stored.
+    - `callback`: called as `callback(chunk_index, n_chunks)` after each chunk is computed and stored
+      (chunks are numbered across all groups).
 
     **Returns:** an `xarray.Dataset` with dimensions the axes (coordinates their values) followed by
     each output's own dimensions, plus `finite`: whether every output of a point is finite. A point that
     fails is flagged there (or by the status `fn` returns) and the others go on.
 
     **Raises:** `ValueError` for an empty, non-1-d or non-finite axis, `fn` asking for an axis that is
-    not given, a `memory_budget` too small for one point, or a store holding a different sweep.
+    not given, a `static` name that is not an axis, outputs whose shapes differ between groups, a
+    `memory_budget` too small for one point, or a store holding a different sweep.
 
     !!! example
 
@@ -75,19 +86,32 @@ def sweep(
     """
     import xarray as xr
 
-    names, values = _check_axes(axes)
-    shape = tuple(len(v) for v in values)
-    n = math.prod(shape)
-    grids = np.meshgrid(*values, indexing="ij")
-    points = {k: g.reshape(-1) for k, g in zip(names, grids)}
+    static = tuple(static)
+    for k in static:
+        if not isinstance(axes, Mapping) or k not in axes:
+            raise ValueError(f"`static` names {k!r}, which is not an axis.")
+    names, values = _check_axes(axes, static)
+    dynamic = [k for k in names if k not in static]
+    if not dynamic:
+        raise ValueError("At least one axis must be non-static (the batched one).")
+    d_values = [values[names.index(k)] for k in dynamic]
+    s_values = [values[names.index(k)] for k in static]
+    d_shape = tuple(len(v) for v in d_values)
+    n = math.prod(d_shape)
+    grids = np.meshgrid(*d_values, indexing="ij")
+    points = {k: g.reshape(-1) for k, g in zip(dynamic, grids)}
+    groups = list(itertools.product(*[range(len(v)) for v in s_values]))
+    group_values = [{k: s_values[i][j].item() for i, (k, j) in enumerate(zip(static, g))} for g in groups]
 
-    example = {k: jnp.asarray(v[0]) for k, v in points.items()}
-    try:
-        out_struct = jax.eval_shape(fn, example)
-    except KeyError as e:
-        raise ValueError(f"`fn` asks for the axis {e.args[0]!r}, which is not among the axes {names}.") from None
-    if not isinstance(out_struct, dict) or not out_struct:
-        raise ValueError("`fn` must return a non-empty dict name → array.")
+    out_struct = None
+    for gv in group_values:
+        struct = _output_struct(fn, points, gv, batched, dynamic)
+        if out_struct is not None and struct != out_struct:
+            raise ValueError(
+                f"The outputs' shapes must not depend on the static axes; group {gv} gives "
+                f"{ {k: s.shape for k, s in struct.items()} }, another {({k: s.shape for k, s in out_struct.items()})}."
+            )
+        out_struct = struct
     bytes_per_point = sum(math.prod(s.shape) * s.dtype.itemsize for s in out_struct.values())
     if bytes_per_point > memory_budget:
         raise ValueError(
@@ -115,41 +139,52 @@ def sweep(
             "name": name, "axes": {k: np.asarray(v).tolist() for k, v in zip(names, values)},
             "outputs": {k: [list(s.shape), str(s.dtype)] for k, s in out_struct.items()}, "chunk_size": chunk_size,
         }
+        if static:
+            identity["static"] = list(static)
         _claim(folder, identity)
 
     mesh = jax.sharding.Mesh(np.asarray(devices), ("points",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("points"))
-    batched = _batched(fn)
 
-    bar = _progress_bar(n, name) if progress else None
-    chunks: list[dict[str, np.ndarray]] = []
-    for c in range(n_chunks):
-        lo, hi = c * chunk_size, min((c + 1) * chunk_size, n)
-        file = None if folder is None else folder / f"chunk-{c:06d}.nc"
-        if file is not None and file.exists():
-            with xr.open_dataset(file, engine="h5netcdf") as stored:
-                chunks.append({k: stored[k].values for k in out_struct})
-        else:
-            idx = np.arange(lo, lo + chunk_size).clip(max=n - 1)  # pad the last chunk with its last point
-            inputs = {k: jax.device_put(jnp.asarray(v[idx]), sharding) for k, v in points.items()}
-            out = jax.device_get(batched(inputs))
-            out = {k: np.asarray(v)[: hi - lo] for k, v in out.items()}
-            if file is not None:
-                ds = xr.Dataset({k: (("point", *out_dims[k]), v) for k, v in out.items()})
-                tmp = file.with_suffix(f".tmp{os.getpid()}")
-                ds.to_netcdf(tmp, engine="h5netcdf")
-                os.replace(tmp, file)  # atomic: an interrupted write leaves no half chunk
-            chunks.append(out)
-            if callback is not None:
-                callback(c, n_chunks)
-        if bar is not None:
-            bar.update(hi - lo)
+    bar = _progress_bar(n * len(groups), name) if progress else None
+    total_chunks = n_chunks * len(groups)
+    group_outputs = []
+    for g, gv in enumerate(group_values):
+        compiled = _batched(fn, tuple(gv.items()), batched)
+        chunks: list[dict[str, np.ndarray]] = []
+        for c in range(n_chunks):
+            lo, hi = c * chunk_size, min((c + 1) * chunk_size, n)
+            tag = f"chunk-{c:06d}.nc" if not static else f"chunk-g{g:04d}-{c:06d}.nc"
+            file = None if folder is None else folder / tag
+            if file is not None and file.exists():
+                with xr.open_dataset(file, engine="h5netcdf") as stored:
+                    chunks.append({k: stored[k].values for k in out_struct})
+            else:
+                idx = np.arange(lo, lo + chunk_size).clip(max=n - 1)  # pad the last chunk with its last point
+                inputs = {k: jax.device_put(jnp.asarray(v[idx]), sharding) for k, v in points.items()}
+                out = jax.device_get(compiled(inputs))
+                out = {k: np.asarray(out[k])[: hi - lo] for k in out_struct}
+                if file is not None:
+                    ds = xr.Dataset({k: (("point", *out_dims[k]), v) for k, v in out.items()})
+                    tmp = file.with_suffix(f".tmp{os.getpid()}")
+                    ds.to_netcdf(tmp, engine="h5netcdf")
+                    os.replace(tmp, file)  # atomic: an interrupted write leaves no half chunk
+                chunks.append(out)
+                if callback is not None:
+                    callback(g * n_chunks + c, total_chunks)
+            if bar is not None:
+                bar.update(hi - lo)
+        group_outputs.append({k: np.concatenate([ch[k] for ch in chunks]) for k in out_struct})
     if bar is not None:
         bar.close()
 
+    s_shape = tuple(len(v) for v in s_values)
+    order = [(list(static) + dynamic).index(k) for k in names]  # (static..., dynamic...) → axes order
+    shape = tuple(len(v) for v in values)
     data = {}
-    for k in out_struct:
-        full = np.concatenate([ch[k] for ch in chunks]).reshape(shape + tuple(out_struct[k].shape))
+    for k, s in out_struct.items():
+        full = np.stack([go[k] for go in group_outputs]).reshape(s_shape + d_shape + tuple(s.shape))
+        full = np.transpose(full, order + list(range(len(names), full.ndim)))
         data[k] = ((*names, *out_dims[k]), full)
     finite = np.ones(shape, dtype=bool)
     for k, (_, v) in data.items():
@@ -161,13 +196,41 @@ def sweep(
     return xr.Dataset(data, coords=all_coords, attrs={"name": name})
 
 
+def _output_struct(fn, points, static_values, batched, dynamic) -> dict[str, jax.ShapeDtypeStruct]:
+    """The shape and dtype of one point's outputs, found by tracing `fn` (no computation)."""
+    if batched:
+        example = {k: jnp.asarray(v[:1]) for k, v in points.items()}
+    else:
+        example = {k: jnp.asarray(v[0]) for k, v in points.items()}
+    try:
+        out = jax.eval_shape(lambda p: fn({**p, **static_values}), example)
+    except KeyError as e:
+        raise ValueError(
+            f"`fn` asks for the axis {e.args[0]!r}, which is not among the axes {dynamic + list(static_values)}."
+        ) from None
+    if not isinstance(out, dict) or not out:
+        raise ValueError("`fn` must return a non-empty dict name → array.")
+    if batched:
+        for k, s in out.items():
+            if s.ndim < 1 or s.shape[0] != 1:
+                raise ValueError(f"With `batched=True`, output {k!r} must have a leading point axis, got {s.shape}.")
+        out = {k: jax.ShapeDtypeStruct(s.shape[1:], s.dtype) for k, s in out.items()}
+    return out
+
+
 @functools.lru_cache(maxsize=64)
-def _batched(fn: PointFn):
-    """One jitted, vmapped wrapper per `fn`, so that repeated sweeps reuse its compilation."""
-    return jax.jit(jax.vmap(fn))
+def _batched(fn: PointFn, static_items: tuple[tuple[str, Any], ...], batched: bool):
+    """One jitted (and, unless `fn` is batched, vmapped) wrapper per `fn` and group, so that repeated
+    sweeps reuse its compilation."""
+    static_values = dict(static_items)
+
+    def one(p):
+        return fn({**p, **static_values})
+
+    return jax.jit(one if batched else jax.vmap(one))
 
 
-def _check_axes(axes) -> tuple[list[str], list[np.ndarray]]:
+def _check_axes(axes, static=()) -> tuple[list[str], list[np.ndarray]]:
     if not isinstance(axes, Mapping) or not axes:
         raise ValueError("`axes` must be a non-empty dict name → 1-d values.")
     names, values = [], []
@@ -179,7 +242,11 @@ def _check_axes(axes) -> tuple[list[str], list[np.ndarray]]:
             raise ValueError(f"Axis {k!r} must be a non-empty 1-d array of values, got shape {arr.shape}.")
         if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
             raise ValueError(f"Axis {k!r} has non-finite values.")
-        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        if len(set(arr.tolist())) != arr.size:
+            raise ValueError(f"Axis {k!r} has repeated values.")
+        if k in static and (arr.dtype.kind in "US"):
+            arr = arr.astype(str)
+        elif not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             raise ValueError(f"Axis {k!r} must be numeric, got dtype {arr.dtype}.")
         names.append(k)
         values.append(arr)
