@@ -5,7 +5,10 @@
    µs per solve (compilation excluded) and the steps of the slowest and the mean member — the
    lockstep cost. `solve_theory_batch` (stiffness buckets) at the largest N for comparison.
 2. Small networks (MLP width 100, depth 4, tanh, two points, t1 = 5, rtol 1e-6): 64 seeds as one
-   vmapped sweep against a Python loop over 64 calls of one jitted flow (the same function), same run.
+   vmapped sweep and as ensemble flows (`batched=True`, chunks of 8 and 64) against a Python loop over
+   64 calls of one jitted flow (the same function), same run.
+3. The default network's gradient (width 500, depth 20, float32): achieved bytes/s against this
+   machine's copy bandwidth measured in the same run.
 
     python benchmarks/bench_sweep.py         # a few minutes on a laptop CPU
 """
@@ -17,6 +20,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -66,6 +70,12 @@ def main():
         sol = fs.gradient_flow(net, inputs, targets, 5.0, ts=ts, layer=2, rtol=1e-6, throw=False)
         return {"h": sol.observed["h"], "steps": sol.stats["num_steps"]}
 
+    def ensemble_chunk(p):
+        nets = eqx.filter_vmap(
+            lambda s: models.MLP(1, 1, 100, 4, activation="tanh", gain=1.0, key=jax.random.key(s)))(p["seed"])
+        sol = fs.ensemble_flow(nets, inputs, targets, 5.0, ts=ts, layer=2, rtol=1e-6, throw=False)
+        return {"h": sol.observed["h"]}
+
     seeds = np.arange(64)
     sweep_s, ds = timed(lambda: fs.sweep(flow_point, {"seed": seeds}, dims={"h": ["time"]}, progress=False))
     single = jax.jit(flow_point)
@@ -75,8 +85,44 @@ def main():
     print("|---|---:|---:|---:|")
     print(f"| Python loop of one jitted flow | {loop_s:.2f} | {64 / loop_s:.1f} | 1.0 |")
     print(f"| one vmapped sweep | {sweep_s:.2f} | {64 / sweep_s:.1f} | {loop_s / sweep_s:.2f} |")
+    for chunk in (8, 64):
+        ens_s, ens = timed(lambda: fs.sweep(ensemble_chunk, {"seed": seeds}, batched=True, chunk_size=chunk,
+                                            dims={"h": ["time"]}, progress=False))
+        print(f"| ensemble sweep, chunks of {chunk} | {ens_s:.2f} | {64 / ens_s:.1f} | {loop_s / ens_s:.2f} |")
+    rel = np.max(np.abs(ens.h.values - ds.h.values) / np.abs(ds.h.values))
     print(f"\nsteps per flow: max {ds.steps.values.max()}, mean {ds.steps.values.mean():.0f}; "
-          f"largest |Δh| sweep vs loop {diff:.1e}")
+          f"largest |Δh| sweep vs loop {diff:.1e}; ensemble vs loop, relative {rel:.1e}\n")
+
+    # 3. bytes/s of the default network's gradient against the copy bandwidth
+    exp = fs.experiments.two_points("default", key=jax.random.key(0))
+    params, static = eqx.partition(exp.model, eqx.is_inexact_array)
+    params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), params)
+    x32, y32 = exp.inputs.astype(jnp.float32), exp.targets.astype(jnp.float32)
+    grad = jax.jit(jax.grad(lambda p: fs.mse_loss(eqx.combine(p, static), x32, y32)))
+    weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(params))
+    grad_s = best_of(lambda: grad(params), 50)
+    big = np.ones(weight_bytes // 4 * 8, np.float32)  # 8× the weights, past the caches
+    out = np.empty_like(big)
+    copy_s = best_of(lambda: np.copyto(out, big), 10)
+    copy_bw = 2 * big.nbytes / copy_s  # read + write
+    moved = 3 * weight_bytes  # weights read forward and backward, gradient written
+    print("| default network gradient (float32) | value |")
+    print("|---|---:|")
+    print(f"| weights | {weight_bytes / 1e6:.1f} MB |")
+    print(f"| one gradient (best of 50) | {grad_s * 1e3:.2f} ms |")
+    print(f"| bytes moved per gradient (≥ 3 × weights) / time | {moved / grad_s / 1e9:.1f} GB/s |")
+    print(f"| copy bandwidth (numpy copy of {big.nbytes / 1e6:.0f} MB, read + write) | {copy_bw / 1e9:.1f} GB/s |")
+    print(f"| achieved / copy bandwidth | {moved / grad_s / copy_bw:.0%} |")
+
+
+def best_of(f, n):
+    jax.block_until_ready(f())
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        jax.block_until_ready(f())
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 if __name__ == "__main__":
