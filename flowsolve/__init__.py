@@ -5,7 +5,7 @@ The public API, one verb per capability. See README.md and docs/.
 
 import importlib.metadata
 
-from . import experiments as experiments, symbolic as symbolic
+from . import experiments as experiments, plot as plot, symbolic as symbolic
 from ._compile_cache import enable_compilation_cache as enable_compilation_cache
 from ._fit import (
     fit_effective_rates as fit_effective_rates,
@@ -29,6 +29,8 @@ from ._flow import (
 )
 from ._observables import (
     pair_distances as pair_distances,
+    pairwise_observables as pairwise_observables,
+    PairwiseObservables as PairwiseObservables,
     predict_distances as predict_distances,
     two_point_observables as two_point_observables,
     TwoPointObservables as TwoPointObservables,

@@ -144,3 +144,75 @@ def predict_distances(
     safe_h0 = jnp.where(distinct, h0, 1.0)
     _, _, h_inf = theory.fixed_point(safe_h0, jnp.where(distinct, y0, 0.0))
     return jnp.where(distinct, h_inf, 0.0)
+
+
+class PairwiseObservables(NamedTuple):
+    """The two-point state of every pair `i < j` of N points (`pairwise_observables`)."""
+
+    pairs: Array
+    """`(P, 2)` indices `(i, j)`, `i < j`, in row-major order; `P = N(N−1)/2`."""
+    dx2: Array
+    """`(P,)` squared input distances."""
+    dy2: Array
+    """`(P,)` squared target distances."""
+    h: Array
+    """`(P, *times)` squared hidden distances."""
+    y: Array
+    """`(P, *times)` squared output distances."""
+    w: Array
+    """`(P, *times)`: `y − dy*·dŷ` of each pair."""
+
+
+def pairwise_observables(
+    x: Float[ArrayLike, "n ..."],
+    y_target: Float[ArrayLike, "n ..."],
+    hidden: Float[ArrayLike, "*times n features"],
+    y_pred: Float[ArrayLike, "*times n outputs"],
+) -> PairwiseObservables:
+    """The effective theory's state `h, y, w` of every pair of N points, optionally over time.
+
+    Use it for data sets with more than two points: each pair `(i, j)` is a two-point problem with
+    its own `dx2`, `dy2`, and its trajectory can be fitted with `fit_effective_rates` (batched over
+    pairs) or predicted with `predict_distances` (`THEORY.md` §4).
+
+    **Arguments:**
+
+    - `x`, `y_target`: the N inputs and targets (leading axis the points; trailing axes flattened).
+    - `hidden`, `y_pred`: hidden representations and outputs, `(n, features)` or with leading time
+      axes `(*times, n, features)` (e.g. a flow's observed values over `ts`).
+
+    **Returns:** a `PairwiseObservables` with one row per pair.
+
+    !!! example
+
+        ```python
+        obs = {"hidden": lambda m, x, y: jax.vmap(m)(x)[1][2], "out": lambda m, x, y: jax.vmap(m)(x)[0]}
+        sol = flowsolve.gradient_flow(net, x, y, t1, observe=obs)
+        pw = flowsolve.pairwise_observables(x, y, sol.observed["hidden"], sol.observed["out"])
+        fit = flowsolve.fit_effective_rates(sol.ts, pw.h, pw.y, pw.w, pw.dx2, pw.dy2)  # one fit per pair
+        ```
+    """
+    x = _flat_pairs("x", x, None)
+    n = x.shape[0]
+    y_target = _flat_pairs("y_target", y_target, None)
+    hidden, y_pred = jnp.asarray(hidden), jnp.asarray(y_pred)
+    if y_target.shape[0] != n:
+        raise ValueError(f"`y_target` has {y_target.shape[0]} points but `x` has {n}.")
+    for name, arr in (("hidden", hidden), ("y_pred", y_pred)):
+        if arr.ndim < 2 or arr.shape[-2] != n:
+            raise ValueError(f"`{name}` must have shape (*times, {n}, features), got {arr.shape}.")
+        check_finite(name, arr)
+    if hidden.shape[:-2] != y_pred.shape[:-2]:
+        raise ValueError(f"`hidden` and `y_pred` must share their time axes, got {hidden.shape} and {y_pred.shape}.")
+    i, j = np.triu_indices(n, k=1)
+    dx = x[j] - x[i]
+    dy_target = y_target[j] - y_target[i]
+    dh = hidden[..., j, :] - hidden[..., i, :]
+    dy = y_pred[..., j, :] - y_pred[..., i, :]
+    h = jnp.sum(dh**2, axis=-1)
+    y = jnp.sum(dy**2, axis=-1)
+    w = y - jnp.sum(dy_target * dy, axis=-1)
+    # pairs first, then time
+    h, y, w = (jnp.moveaxis(v, -1, 0) for v in (h, y, w))
+    return PairwiseObservables(pairs=jnp.stack([jnp.asarray(i), jnp.asarray(j)], axis=1), dx2=jnp.sum(dx**2, axis=1),
+                               dy2=jnp.sum(dy_target**2, axis=1), h=h, y=y, w=w)

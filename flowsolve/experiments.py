@@ -120,3 +120,33 @@ def two_points(setting: str = "default", *, key: PRNGKeyArray, width: int | None
         name=setting, model=model, inputs=inputs, targets=targets, layer=row.layer, lr=row.lr,
         epochs=row.epochs, t1=row.lr * row.epochs, setting=row,
     )
+
+
+def load_idx(path) -> "np.ndarray":
+    """Read an IDX file (the format of the MNIST images and labels: `train-images-idx3-ubyte`,
+    optionally gzip-compressed) into a numpy array of its stored dtype and shape.
+
+    **Raises:** `ValueError` for a file that is not IDX (bad magic number, or a size that does not
+    match its header).
+    """
+    import gzip
+    import pathlib
+
+    import numpy as np
+
+    path = pathlib.Path(path)
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in dtypes:
+        raise ValueError(f"{str(path)!r} is not an IDX file (bad magic number {raw[:4].hex()}).")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(dtypes[raw[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise ValueError(f"{str(path)!r}: the header promises {expected} bytes of data for shape {shape}, "
+                         f"the file holds {len(raw) - header}.")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))

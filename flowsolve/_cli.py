@@ -1,0 +1,491 @@
+"""The `flowsolve` command line: demo, theory, flow, fit, sweep, reproduce.
+
+Every command writes into an output folder (PNG, data, `summary.txt`). Bad input (an unknown
+setting, a malformed config, an output folder that cannot be written, impossible parameters) ends
+with one line `error: …` on stderr and exit code 2.
+"""
+
+import contextlib
+import csv
+import io
+import pathlib
+import subprocess
+import sys
+import tomllib
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    name="flowsolve",
+    help="Exact gradient flows of neural networks and the effective theory of their representations.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+Out = Annotated[pathlib.Path, typer.Option("--out", "-o", help="output folder (created if missing)")]
+
+
+class UserError(Exception):
+    """Bad input: reported as one line and exit code 2."""
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+@contextlib.contextmanager
+def _errors():
+    """Turn the library's boundary errors into one line and exit code 2."""
+    try:
+        yield
+    except (UserError, ValueError, FileNotFoundError, tomllib.TOMLDecodeError) as e:
+        _fail(" ".join(str(e).split()))
+    except RuntimeError as e:  # a solver failure, reported by the library with the time reached
+        typer.echo(f"error: {' '.join(str(e).split())}", err=True)
+        raise typer.Exit(code=1)
+
+
+def _folder(out: pathlib.Path) -> pathlib.Path:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".flowsolve-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to the output folder {str(out)!r}: {e.strerror or e}") from None
+    return out
+
+
+def _x64() -> None:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+
+
+def _save(fig, path: pathlib.Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _setup_matplotlib() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+
+def _write_csv(path: pathlib.Path, columns: dict[str, Any]) -> None:
+    import numpy as np
+
+    names = list(columns)
+    rows = np.stack([np.asarray(columns[k], float) for k in names], axis=1)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(names)
+        writer.writerows(rows.tolist())
+
+
+@app.command()
+def demo(
+    out: Out = pathlib.Path("flowsolve_out/demo"),
+    width: Annotated[int, typer.Option(help="hidden width (the paper: 500)")] = 100,
+    rtol: Annotated[float, typer.Option(help="relative tolerance of the flow")] = 1e-5,
+    seed: int = 0,
+):
+    """The README's main job: the paper's default network, exact flow next to gradient descent."""
+    with _errors():
+        if width < 1 or not rtol > 0:
+            raise UserError(f"need width ≥ 1 and rtol > 0, got width={width}, rtol={rtol}.")
+        folder = _folder(out)
+        _x64()
+        from ._demo import run_network
+
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            run_network(width=width, rtol=rtol, seed=seed, out=folder / "demo.png")
+        text = buffer.getvalue()
+        typer.echo(text, nl=False)
+        (folder / "summary.txt").write_text(text)
+
+
+@app.command()
+def theory(
+    out: Out = pathlib.Path("flowsolve_out/theory"),
+    eta_h: Annotated[float, typer.Option(help="effective learning rate of the hidden layer")] = 1.0,
+    eta_y: Annotated[float, typer.Option(help="effective learning rate of the output")] = 1.0,
+    dx2: Annotated[float, typer.Option(help="squared input distance")] = 1.0,
+    dy2: Annotated[float, typer.Option(help="squared target distance")] = 0.5,
+    h0: Annotated[float, typer.Option(help="initial ‖dh‖²")] = 0.01,
+    y0: Annotated[float, typer.Option(help="initial ‖dŷ‖²")] = 1e-6,
+    w0: Annotated[float, typer.Option(help="initial w = y − dy*·dŷ")] = 1e-6 - 0.5**0.5 * 1e-3,
+    t1: Annotated[float | None, typer.Option(help="final time (default: 40 slowest time constants)")] = None,
+):
+    """Solve the reduced (h, y, w) system; print the fixed point, A_low and A_high; plot."""
+    with _errors():
+        folder = _folder(out)
+        _x64()
+        _setup_matplotlib()
+        import numpy as np
+
+        from . import plot
+        from ._theory import EffectiveTheory, solve_theory
+
+        model = EffectiveTheory(eta_h, eta_y, dx2, dy2)
+        a_low, a_high, h_inf = (float(v) for v in model.fixed_point(h0, y0))
+        if t1 is None:
+            t1 = 40.0 / float(min(model.convergence_rates(h_inf)))
+        if not t1 > 0:
+            raise UserError(f"`--t1` must be > 0, got {t1}.")
+        sol = solve_theory(model, [h0, y0, w0], t1)
+        lines = [
+            f"theory: eta_h={eta_h:g} eta_y={eta_y:g} dx2={dx2:g} dy2={dy2:g}; start h0={h0:g} y0={y0:g} w0={w0:g}",
+            f"A_low = {a_low:.10g}",
+            f"A_high = {a_high:.10g}",
+            f"fixed point: h(inf) = {h_inf:.10g}, y = dy2 = {dy2:g}, w = 0",
+            f"integrated to t1 = {t1:.6g}: h = {float(sol.h[-1]):.10g} (relative difference "
+            f"{abs(float(sol.h[-1]) - h_inf) / h_inf:.1e}), {int(sol.stats['num_steps'])} steps",
+            "regime: " + ("rich (A_high < A_low: the task's structure)" if a_high < a_low
+                          else "lazy (A_high > A_low: the initial geometry)"),
+        ]
+        if bool(sol.collided):
+            lines.append(f"collision of the two representations at t = {float(sol.t_collision):.6g}")
+        text = "\n".join(lines) + "\n"
+        typer.echo(text, nl=False)
+        (folder / "summary.txt").write_text(text)
+        _write_csv(folder / "theory.csv", {"t": sol.ts, "h": sol.h, "y": sol.y, "w": sol.w, "loss": sol.loss})
+        fig = plot.trajectories(np.asarray(sol.ts), None, sol, keys=("h", "y", "w", "loss"),
+                                title=f"A_low = {a_low:.3g}, A_high = {a_high:.3g}, h(∞) = {h_inf:.3g}")
+        _save(fig, folder / "theory.png")
+        typer.echo(f"wrote {folder / 'theory.png'}, {folder / 'theory.csv'}")
+
+
+def _experiment(setting: str, seed: int, width: int | None, depth: int | None, gain: float | None):
+    import jax
+
+    from . import experiments
+
+    if setting not in experiments.SETTINGS:
+        raise UserError(f"unknown setting {setting!r}; choose one of {', '.join(sorted(experiments.SETTINGS))}.")
+    for name, value in (("width", width), ("depth", depth)):
+        if value is not None and value < 1:
+            raise UserError(f"`--{name}` must be ≥ 1, got {value}.")
+    return experiments.two_points(setting, key=jax.random.key(seed), width=width, depth=depth, gain=gain)
+
+
+def _load_config(path: pathlib.Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise UserError(f"config file {str(path)!r} not found.")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"malformed config {str(path)!r}: {e}") from None
+
+
+@app.command()
+def flow(
+    setting: Annotated[str, typer.Argument(help="a row of THEORY.md §5, e.g. default, tanh, skip")] = "default",
+    out: Out = pathlib.Path("flowsolve_out/flow"),
+    config: Annotated[pathlib.Path | None, typer.Option(help="TOML file with any of the options below")] = None,
+    width: Annotated[int | None, typer.Option(help="override the row's width")] = None,
+    depth: Annotated[int | None, typer.Option(help="override the row's depth")] = None,
+    gain: Annotated[float | None, typer.Option(help="override the row's gain")] = None,
+    seed: int = 0,
+    t1: Annotated[float | None, typer.Option(help="final time (default: the row's lr · epochs)")] = None,
+    rtol: float = 1e-5,
+    fit: Annotated[bool, typer.Option(help="also fit η_h, η_y and draw the theory")] = True,
+):
+    """Run a setting's exact gradient flow; save the trajectories (CSV), a plot and the fitted rates."""
+    with _errors():
+        cfg = _load_config(config)
+        allowed = {"setting", "width", "depth", "gain", "seed", "t1", "rtol", "fit"}
+        unknown = set(cfg) - allowed
+        if unknown:
+            raise UserError(f"unknown keys in {config}: {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}.")
+        setting = cfg.get("setting", setting)
+        width, depth, gain = cfg.get("width", width), cfg.get("depth", depth), cfg.get("gain", gain)
+        seed, t1, rtol, fit = cfg.get("seed", seed), cfg.get("t1", t1), cfg.get("rtol", rtol), cfg.get("fit", fit)
+        folder = _folder(out)
+        _x64()
+        _setup_matplotlib()
+        import numpy as np
+
+        from . import plot
+        from ._fit import fit_effective_rates
+        from ._flow import gradient_flow
+        from .experiments import DX2, DY2
+
+        exp = _experiment(setting, seed, width, depth, gain)
+        t1 = exp.t1 if t1 is None else t1
+        if not t1 > 0:
+            raise UserError(f"`t1` must be > 0, got {t1}.")
+        ts = np.linspace(0.0, t1, 201)
+        sol = gradient_flow(exp.model, exp.inputs, exp.targets, t1, ts=ts, layer=exp.layer, rtol=rtol,
+                            atol=1e-3 * rtol)
+        obs = {k: np.asarray(v) for k, v in sol.observed.items()}
+        _write_csv(folder / "flow.csv", {"t": ts, **obs})
+        row = exp.setting
+        lines = [f"flow: {setting} ({row.model}, {row.activation}, width {row.width}, depth {row.depth}, gain "
+                 f"{row.gain}, layer {exp.layer}, seed {seed}) to t1 = {t1:g}, rtol {rtol:g}: "
+                 f"{int(sol.stats['num_steps'])} steps",
+                 f"h: {obs['h'][0]:.6g} -> {obs['h'][-1]:.6g}; loss: {obs['loss'][0]:.3e} -> {obs['loss'][-1]:.3e}"]
+        theory = None
+        if fit:
+            result = fit_effective_rates(ts, obs["h"], obs["y"], obs["w"], DX2, DY2, m=obs["m"])
+            theory = result.predict(ts, throw=False)
+            lines.append(f"fitted: eta_h = {float(result.eta_h):.6g} ± {float(result.eta_h_se):.2g}, eta_y = "
+                         f"{float(result.eta_y):.6g} ± {float(result.eta_y_se):.2g}; normalised errors "
+                         + ", ".join(f"{k} {float(v):.3f}" for k, v in result.errors.items()))
+        text = "\n".join(lines) + "\n"
+        typer.echo(text, nl=False)
+        (folder / "summary.txt").write_text(text)
+        _save(plot.trajectories(ts, obs, theory, title=f"{setting}: network (solid), theory (dashed)"),
+              folder / "flow.png")
+        typer.echo(f"wrote {folder / 'flow.png'}, {folder / 'flow.csv'}")
+
+
+@app.command("fit")
+def fit_command(
+    data: Annotated[pathlib.Path, typer.Argument(help="CSV with columns t, h, y, w (and optionally m)")],
+    out: Out = pathlib.Path("flowsolve_out/fit"),
+    dx2: Annotated[float, typer.Option(help="squared input distance")] = 1.0,
+    dy2: Annotated[float, typer.Option(help="squared target distance")] = 0.5,
+    fit_initial_state: Annotated[bool, typer.Option(help="fit (h0, y0, w0) too (noisy data)")] = False,
+):
+    """Fit the effective learning rates η_h, η_y to a trajectory (e.g. `flow.csv` of `flowsolve flow`)."""
+    with _errors():
+        folder = _folder(out)
+        if not data.is_file():
+            raise UserError(f"data file {str(data)!r} not found.")
+        import numpy as np
+
+        try:
+            table = np.genfromtxt(data, delimiter=",", names=True)
+        except ValueError as e:
+            raise UserError(f"malformed CSV {str(data)!r}: {e}") from None
+        names = table.dtype.names or ()
+        missing = [c for c in ("t", "h", "y", "w") if c not in names]
+        if missing:
+            raise UserError(f"{str(data)!r} lacks the columns {', '.join(missing)} (has: {', '.join(names)}).")
+        _x64()
+        _setup_matplotlib()
+        from . import plot
+        from ._fit import fit_effective_rates
+
+        cols = {k: np.asarray(table[k], float) for k in names}
+        m = cols.get("m")
+        result = fit_effective_rates(cols["t"], cols["h"], cols["y"], cols["w"], dx2, dy2, m=m,
+                                     fit_initial_state=fit_initial_state)
+        lines = [f"fit of {data} ({len(cols['t'])} samples, dx2 = {dx2:g}, dy2 = {dy2:g})",
+                 f"eta_h = {float(result.eta_h):.8g} ± {float(result.eta_h_se):.2g}",
+                 f"eta_y = {float(result.eta_y):.8g} ± {float(result.eta_y_se):.2g}"]
+        if m is not None:
+            lines.append(f"eta_mean = {float(result.eta_mean):.8g} ± {float(result.eta_mean_se):.2g}")
+        lines.append("normalised errors: " + ", ".join(f"{k} {float(v):.4f}" for k, v in result.errors.items()))
+        lines.append(f"converged: {bool(result.converged)}")
+        text = "\n".join(lines) + "\n"
+        typer.echo(text, nl=False)
+        (folder / "summary.txt").write_text(text)
+        theory = result.predict(cols["t"], throw=False)
+        _save(plot.trajectories(cols["t"], cols, theory, title="data (solid), fitted theory (dashed)"),
+              folder / "fit.png")
+        typer.echo(f"wrote {folder / 'fit.png'}, {folder / 'summary.txt'}")
+
+
+THEORY_KEYS = ("eta_h", "eta_y", "dx2", "dy2", "h0", "y0", "w0")
+FLOW_KEYS = ("seed", "gain", "dx2", "dy2")
+FLOW_STATIC = ("width", "depth")
+
+
+def _axis_values(name: str, spec: Any):
+    import numpy as np
+
+    if isinstance(spec, list):
+        return spec
+    if isinstance(spec, dict) and len(spec) == 1:
+        (kind, args), = spec.items()
+        makers = {"linspace": np.linspace, "logspace": np.logspace, "range": np.arange}
+        if kind in makers and isinstance(args, list) and 2 <= len(args) <= 3:
+            return makers[kind](*args).tolist()
+    raise UserError(f"axis {name!r} must be a list of values or one of {{linspace|logspace|range = [a, b, n]}}, "
+                    f"got {spec!r}.")
+
+
+@app.command("sweep")
+def sweep_command(
+    config: Annotated[pathlib.Path, typer.Argument(help="TOML sweep description (see docs/cli.md)")],
+    out: Out = pathlib.Path("flowsolve_out/sweep"),
+    chunk_size: Annotated[int | None, typer.Option(help="points per compiled call")] = None,
+):
+    """Run a sweep of theory solves or network flows described by a TOML file; resumable."""
+    with _errors():
+        cfg = _load_config(config)
+        kind = cfg.get("kind")
+        if kind not in ("theory", "flow"):
+            raise UserError(f"`kind` must be \"theory\" or \"flow\", got {kind!r}.")
+        if not isinstance(cfg.get("axes"), dict) or not cfg["axes"]:
+            raise UserError("the config needs an [axes] table with at least one axis.")
+        t1 = cfg.get("t1")
+        if not isinstance(t1, (int, float)) or not t1 > 0:
+            raise UserError(f"`t1` must be a number > 0, got {t1!r}.")
+        samples = int(cfg.get("samples", 51))
+        if samples < 2:
+            raise UserError(f"`samples` must be ≥ 2, got {samples}.")
+        base = dict(cfg.get("base", {}))
+        allowed = THEORY_KEYS if kind == "theory" else FLOW_KEYS + FLOW_STATIC
+        for k in list(cfg["axes"]) + list(base):
+            if k not in allowed:
+                raise UserError(f"unknown parameter {k!r} for a {kind} sweep; allowed: {', '.join(allowed)}.")
+        axes = {k: _axis_values(k, v) for k, v in cfg["axes"].items()}
+        folder = _folder(out)
+        _x64()
+        _setup_matplotlib()
+        import numpy as np
+
+        from ._sweep import sweep
+
+        ts = np.linspace(0.0, float(t1), samples)
+        static: list[str] = []
+        if kind == "theory":
+            fn = _theory_point(base, ts)
+        else:
+            setting = cfg.get("setting", "default")
+            _experiment(setting, 0, base.get("width"), base.get("depth"), None)  # validates the names
+            static = [k for k in FLOW_STATIC if k in axes]
+            fn = _flow_point(setting, base, ts, float(cfg.get("rtol", 1e-5)))
+        name = cfg.get("name", config.stem)
+        ds = sweep(fn, axes, static=static, dims={k: ["time"] for k in ("h", "y", "w", "loss")},
+                   coords={"time": ts}, chunk_size=chunk_size, store=folder / "store", name=name)
+        ds.to_netcdf(folder / "sweep.nc", engine="h5netcdf")
+        ok = ds.ok.values & ds.finite.values
+        lines = [f"sweep {name!r} ({kind}): {ok.size} points over " + ", ".join(f"{k} ({len(v)})" for k, v in
+                                                                               axes.items()),
+                 f"{int(ok.sum())}/{ok.size} points succeeded",
+                 f"final h: min {float(np.nanmin(ds.h.values[..., -1])):.6g}, "
+                 f"max {float(np.nanmax(ds.h.values[..., -1])):.6g}"]
+        if not ok.all():
+            bad = np.argwhere(~ok)[:5]
+            lines.append("failed points (first 5): " + "; ".join(
+                ", ".join(f"{k}={ds.coords[k].values[i]}" for k, i in zip(axes, idx)) for idx in bad))
+        text = "\n".join(lines) + "\n"
+        typer.echo(text, nl=False)
+        (folder / "summary.txt").write_text(text)
+        _save(_sweep_figure(ds, list(axes)), folder / "sweep.png")
+        typer.echo(f"wrote {folder / 'sweep.nc'}, {folder / 'sweep.png'}")
+
+
+def _theory_point(base: dict[str, Any], ts):
+    import jax.numpy as jnp
+
+    from ._results import RESULTS
+    from ._theory import EffectiveTheory, solve_theory
+
+    defaults = {"eta_h": 1.0, "eta_y": 1.0, "dx2": 1.0, "dy2": 0.5, "h0": 0.01, "y0": 0.0, "w0": 0.0}
+    defaults.update(base)
+    t1 = float(ts[-1])
+
+    def point(p):
+        q = {k: p.get(k, v) for k, v in defaults.items()}
+        model = EffectiveTheory(q["eta_h"], q["eta_y"], q["dx2"], q["dy2"])
+        sol = solve_theory(model, jnp.stack([jnp.asarray(q[k], float) for k in ("h0", "y0", "w0")]), t1,
+                           ts=jnp.asarray(ts), throw=False)
+        return {"h": sol.h, "y": sol.y, "w": sol.w, "loss": sol.loss, "ok": sol.result == RESULTS.successful}
+
+    return point
+
+
+def _flow_point(setting: str, base: dict[str, Any], ts, rtol: float):
+    import jax
+    import jax.numpy as jnp
+
+    from . import experiments
+    from ._flow import gradient_flow
+    from ._results import RESULTS
+
+    defaults = {"seed": 0, "gain": None, "dx2": experiments.DX2, "dy2": experiments.DY2,
+                "width": None, "depth": None}
+    defaults.update(base)
+    t1 = float(ts[-1])
+
+    def point(p):
+        q = {k: p.get(k, v) for k, v in defaults.items()}
+        exp = experiments.two_points(setting, key=jax.random.key(q["seed"]), width=q["width"], depth=q["depth"],
+                                     gain=q["gain"])
+        x = jnp.stack([jnp.array([-1.0]), -1.0 + jnp.sqrt(jnp.asarray(q["dx2"], float))[None]])
+        y = jnp.stack([jnp.array([0.6]), 0.6 + jnp.sqrt(jnp.asarray(q["dy2"], float))[None]])
+        sol = gradient_flow(exp.model, x, y, t1, ts=jnp.asarray(ts), layer=exp.layer, rtol=rtol, atol=1e-3 * rtol,
+                            throw=False)
+        return {**{k: sol.observed[k] for k in ("h", "y", "w", "loss")}, "ok": sol.result == RESULTS.successful}
+
+    return point
+
+
+def _sweep_figure(ds, axes: list[str]):
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    first, rest = axes[0], axes[1:]
+    final = ds.h.isel(time=-1).transpose(first, *rest).values.reshape(len(ds[first]), -1)
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    x = ds[first].values
+    for j in range(min(final.shape[1], 12)):
+        ax.plot(x, final[:, j], "o-", ms=3)
+    ax.set(xlabel=first, ylabel="final h = ‖dh‖²", title=f"{ds.attrs.get('name', 'sweep')}"
+           + (f" (one line per {', '.join(rest)})" if rest else ""))
+    if np.issubdtype(np.asarray(x).dtype, np.number) and np.all(np.asarray(x) > 0) and x.max() / x.min() > 50:
+        ax.set_xscale("log")
+    return fig
+
+
+EXAMPLES = {
+    # name: (script, output is a folder?, fast arguments)
+    "regimes": ("theory_regimes.py", False, ["--n", "24"]),
+    "universality": ("universality.py", True, ["--width", "8", "--seeds", "1", "--rows", "two_layer"]),
+    "depth_profile": ("depth_profile.py", True, ["--width", "8", "--seeds", "1"]),
+    "rate_tracking": ("rate_tracking.py", False, ["--width", "8", "--t1", "1.0"]),
+    "distance_grid": ("distance_grid.py", True, ["--width", "8", "--depth", "4"]),
+    "rich_lazy": ("rich_lazy.py", True, ["--width", "8", "--seeds", "1", "--gains", "0.75,1.0,2.0"]),
+    "xor": ("xor.py", True, ["--fast"]),
+    "digits": ("digits.py", True, ["--fast"]),
+    "blobs": ("blobs.py", True, ["--fast"]),
+}
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def reproduce(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help=f"one of: {', '.join(EXAMPLES)}")],
+    out: Out = pathlib.Path("flowsolve_out"),
+    fast: Annotated[bool, typer.Option(help="tiny sizes: a smoke run in seconds to a minute")] = False,
+):
+    """Reproduce one of the paper's experiments (runs `examples/NAME.py`; extra options go to it)."""
+    with _errors():
+        if name not in EXAMPLES:
+            raise UserError(f"unknown experiment {name!r}; choose one of {', '.join(EXAMPLES)}.")
+        script, is_folder, fast_args = EXAMPLES[name]
+        examples = pathlib.Path(__file__).resolve().parents[1] / "examples"
+        if not (examples / script).is_file():
+            raise UserError(f"{examples / script} not found: `reproduce` needs the source tree (git clone).")
+        folder = _folder(out / name)
+        target = folder if is_folder else folder / f"{name}.png"
+        args = [sys.executable, str(examples / script), "--out", str(target)]
+        args += (fast_args if fast else []) + list(ctx.args)
+        typer.echo("running " + " ".join(args[1:]))
+        code = subprocess.call(args, cwd=examples.parent)
+        if code != 0:
+            typer.echo(f"error: {script} exited with code {code}", err=True)
+            raise typer.Exit(code=1)
+        typer.echo(f"results in {folder}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

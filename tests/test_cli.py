@@ -1,0 +1,111 @@
+"""The `flowsolve` command line: each command on a tiny configuration, --help, bad input → exit 2."""
+
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "flowsolve._cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def test_help():
+    proc = cli("--help")
+    assert proc.returncode == 0
+    for command in ("demo", "theory", "flow", "fit", "sweep", "reproduce"):
+        assert command in proc.stdout
+        sub = cli(command, "--help")
+        assert sub.returncode == 0 and "--out" in sub.stdout
+
+
+def test_theory_command(tmp_path):
+    proc = cli("theory", "--out", tmp_path, "--h0", "0.01", "--eta-h", "2.0")
+    assert proc.returncode == 0, proc.stderr
+    a_low = float(proc.stdout.split("A_low = ")[1].split()[0])
+    assert abs(a_low - np.sqrt(2.0 * 1.0 * 0.5)) < 1e-9  # sqrt(η_h/η_y · dx2 · dy2)
+    for name in ("theory.png", "theory.csv", "summary.txt"):
+        assert (tmp_path / name).stat().st_size > 0
+    table = np.genfromtxt(tmp_path / "theory.csv", delimiter=",", names=True)
+    h_inf = float(proc.stdout.split("h(inf) = ")[1].split(",")[0])
+    assert abs(table["h"][-1] - h_inf) / h_inf < 1e-6
+
+
+@pytest.mark.slow
+def test_flow_then_fit_commands(tmp_path):
+    proc = cli("flow", "tanh", "--width", "8", "--depth", "4", "--out", tmp_path / "flow")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "flow" / "flow.png").stat().st_size > 10_000
+    assert "fitted: eta_h" in proc.stdout
+    proc = cli("fit", tmp_path / "flow" / "flow.csv", "--out", tmp_path / "fit")
+    assert proc.returncode == 0, proc.stderr
+    eta_h = float(proc.stdout.split("eta_h = ")[1].split()[0])
+    flow_eta_h = float((tmp_path / "flow" / "summary.txt").read_text().split("eta_h = ")[1].split()[0])
+    assert abs(eta_h - flow_eta_h) / flow_eta_h < 1e-4  # the same fit from the saved CSV
+    assert (tmp_path / "fit" / "fit.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_sweep_command_resumes(tmp_path):
+    config = tmp_path / "sweep.toml"
+    config.write_text('kind = "theory"\nt1 = 50.0\nsamples = 11\n[base]\ndy2 = 0.5\n'
+                      '[axes]\neta_h = [0.5, 2.0]\nh0 = {logspace = [-2, 0, 3]}\n')
+    proc = cli("sweep", config, "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert "6/6 points succeeded" in proc.stdout
+    import xarray as xr
+
+    with xr.open_dataset(tmp_path / "out" / "sweep.nc", engine="h5netcdf") as ds:
+        assert ds.h.dims == ("eta_h", "h0", "time") and ds.h.shape == (2, 3, 11)
+    again = cli("sweep", config, "--out", tmp_path / "out")
+    assert again.returncode == 0 and "6/6" in again.stdout
+
+
+@pytest.mark.slow
+def test_demo_and_reproduce_commands(tmp_path):
+    proc = cli("demo", "--width", "8", "--rtol", "1e-4", "--out", tmp_path / "demo")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "demo" / "demo.png").stat().st_size > 10_000
+    assert "flow:" in (tmp_path / "demo" / "summary.txt").read_text()
+    proc = cli("reproduce", "regimes", "--fast", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "regimes" / "regimes.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["flow", "nosuch"], "unknown setting 'nosuch'"),
+        (["flow", "--width", "0"], "--width` must be ≥ 1"),
+        (["theory", "--eta-h", "-1"], "eta_h"),
+        (["theory", "--t1", "-5"], "t1"),
+        (["reproduce", "nosuch"], "unknown experiment"),
+        (["sweep", "MISSING.toml"], "not found"),
+        (["fit", "MISSING.csv"], "not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, match):
+    proc = cli(*args, "--out", tmp_path / "o")
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], proc.stderr
+
+
+def test_malformed_config_and_unwritable_output(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("kind = \"theory\"\nt1 = [\n")
+    proc = cli("sweep", bad, "--out", tmp_path / "o")
+    assert proc.returncode == 2 and "malformed config" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text('kind = "theory"\nt1 = 5.0\n[axes]\nlearning_rate = [1.0]\n')
+    proc = cli("sweep", unknown, "--out", tmp_path / "o")
+    assert proc.returncode == 2 and "unknown parameter 'learning_rate'" in proc.stderr
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = cli("theory", "--out", blocker / "sub")  # a folder under a file cannot be created, even by root
+    assert proc.returncode == 2 and "cannot write to the output folder" in proc.stderr
