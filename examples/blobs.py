@@ -48,6 +48,7 @@ def main():
     parser.add_argument("--width", type=int, default=100)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--per-class", type=int, default=5)
+    parser.add_argument("--gains", default=",".join(map(str, GAINS)))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--t1", type=float, default=None, help="default 20·max(1, gain^(−2·depth)), at most 2e4")
     parser.add_argument("--rtol", type=float, default=1e-6)
@@ -55,7 +56,8 @@ def main():
     parser.add_argument("--out", default="blobs")
     args = parser.parse_args()
     width, per_class = (16, 2) if args.fast else (args.width, args.per_class)
-    gains = GAINS[:2] if args.fast else GAINS
+    gains = [float(g) for g in args.gains.split(",")]
+    gains = gains[:2] if args.fast else gains
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     x, y = blob_data(4, per_class, 20, 0.5, jax.random.key(100 + args.seed))
@@ -72,6 +74,7 @@ def main():
             f"| {gain} | {r['loss0']:.2e} → {r['loss1']:.1e} | {r['steps']} | {r['eta_h']:.3g}, {r['eta_y']:.3g} "
             f"({r['fits_converged']}/{r['pairs']} fits) | {similarity(r['theory'], r['network']):.3f} | "
             f"{similarity(r['network'], r['targets']):.3f} | {similarity(r['network'], r['inputs']):.3f} |")
+        print(lines[-1], flush=True)
         fig = fs.plot.distance_matrices({"inputs": r["inputs"], "targets": r["targets"], "network final": r["network"],
                                          "theory final": r["theory"]}, title=f"blobs, gain {gain}")
         fig.savefig(out / f"blobs_{gain}.png", dpi=110, bbox_inches="tight")

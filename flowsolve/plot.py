@@ -107,13 +107,21 @@ def theory_vs_network(network: Any, theory: Any, *, ax=None, label: str = "", co
     return fig
 
 
-def distance_matrices(matrices: Mapping[str, Any], *, labels: Sequence[str] | None = None, title: str | None = None):
-    """Matrices of squared representational distances side by side, on one colour scale.
+def distance_matrices(
+    matrices: Mapping[str, Any],
+    *,
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
+    normalise: bool = True,
+):
+    """Matrices of squared representational distances side by side.
 
     **Arguments:**
 
     - `matrices`: panel title → `(N, N)` matrix (e.g. `{"network": ..., "theory": ...}`).
     - `labels`: names of the N points, for the ticks.
+    - `normalise`: divide each matrix by its largest entry (compare structure; the maxima go in the
+      titles), else one colour scale for all.
 
     **Returns:** the matplotlib figure.
     """
@@ -127,12 +135,18 @@ def distance_matrices(matrices: Mapping[str, Any], *, labels: Sequence[str] | No
     fig, axes = _figure(None, ncols=len(mats), size=(3.6, 3.2))
     axes = np.atleast_1d(axes)
     for ax, (name, m) in zip(axes, mats.items()):
-        im = ax.imshow(m, vmin=0, vmax=vmax, cmap="viridis")
-        ax.set_title(name)
+        top = float(np.nanmax(m))
+        if normalise:
+            im = ax.imshow(m / (top if top > 0 else 1.0), vmin=0, vmax=1, cmap="viridis")
+            ax.set_title(f"{name}\n(max {top:.3g})", fontsize=9)
+        else:
+            im = ax.imshow(m, vmin=0, vmax=vmax, cmap="viridis")
+            ax.set_title(name)
         if labels is not None:
             ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=90)
             ax.set_yticks(range(len(labels)), labels, fontsize=7)
-    fig.colorbar(im, ax=list(axes), shrink=0.8, label="squared distance")
+    fig.colorbar(im, ax=list(axes), shrink=0.8,
+                 label="squared distance / panel's max" if normalise else "squared distance")
     if title:
         fig.suptitle(title)
     return fig

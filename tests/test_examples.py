@@ -66,3 +66,61 @@ def test_universality_and_falsification_examples(tmp_path):
     row = [line for line in (tmp_path / "f.md").read_text().splitlines() if line.startswith("| two_layer")][0]
     ratios = [float(v) for v in row.strip("|").split("|")[1:]]
     assert len(ratios) == 6 and all(r > 1 for r in ratios)  # measured 6.8–43 at width 8
+
+
+def _run_example(name, *args, timeout=900):
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / name), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_sweep_reproductions_fast(tmp_path):
+    out = _run_example("distance_grid.py", "--width", "8", "--depth", "4", "--out", tmp_path / "grid")
+    assert "25/25 flows succeeded" in out
+    r = float(out.split("| one pair (fitted at the reference point) | ")[1].split()[0])
+    assert r > 0.8  # even a tiny network's final distances follow the theory's geometry
+    assert (tmp_path / "grid" / "distance_grid.png").stat().st_size > 10_000
+    assert len((tmp_path / "grid" / "distance_grid.csv").read_text().splitlines()) == 26
+    out = _run_example("rich_lazy.py", "--width", "8", "--seeds", "1", "--gains", "0.75,1.0,2.0",
+                       "--out", tmp_path / "rl")
+    assert "3/3 flows succeeded" in out
+    assert (tmp_path / "rl" / "rich_lazy.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_many_point_examples_fast(tmp_path):
+    out = _run_example("xor.py", "--fast", "--out", tmp_path / "xor")
+    rows = [line for line in out.splitlines() if line.startswith("| rich") or line.startswith("| lazy")]
+    assert len(rows) == 2
+    assert all(float(row.split("|")[5]) > 0.5 for row in rows)  # theory vs network similarity
+    assert (tmp_path / "xor" / "xor_rich.png").stat().st_size > 10_000
+    out = _run_example("blobs.py", "--fast", "--out", tmp_path / "blobs")
+    assert out.count("| 2.0 |") == 1 and out.count("| 0.5 |") == 1
+    assert (tmp_path / "blobs" / "blobs_0.5.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_digits_example_from_sklearn_and_from_idx_files(tmp_path):
+    import numpy as np
+
+    out = _run_example("digits.py", "--fast", "--t1", "20", "--out", tmp_path / "sk")
+    assert "scikit-learn digits, 8×8" in out and "converged: True" in out
+    # The same two images as MNIST-style IDX files (values scaled to 0…255), read by load_idx.
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    pick = [int(np.flatnonzero(data.target == c)[0]) for c in (3, 8)]
+    images = (data.images[pick] * 255 / 16).round().astype(np.uint8)
+    labels = np.array([3, 8], np.uint8)
+    for name, arr in (("images", images), ("labels", labels)):
+        with open(tmp_path / name, "wb") as f:
+            f.write(bytes([0, 0, 8, arr.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in arr.shape))
+            f.write(arr.tobytes())
+    idx = _run_example("digits.py", "--fast", "--t1", "20", "--mnist-images", tmp_path / "images",
+                       "--mnist-labels", tmp_path / "labels", "--out", tmp_path / "idx")
+    assert "MNIST, 8×8" in idx
+    eta = lambda text: float(text.split("η_h = ")[1].split()[0])  # noqa: E731
+    assert abs(eta(idx) - eta(out)) / eta(out) < 1e-3  # the same images, to the 1/255 rounding
+    assert (tmp_path / "idx" / "digits.png").stat().st_size > 10_000
