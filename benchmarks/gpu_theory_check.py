@@ -69,7 +69,7 @@ def table(sizes, ref_samples):
         "solve_theory_batch, 4 buckets": lambda s: fs.solve_theory_batch(theory, s, T1, ts=np.array([T1]), rtol=RTOL, atol=ATOL, buckets=4),
         "solve_theory_batch, 16 buckets": lambda s: fs.solve_theory_batch(theory, s, T1, ts=np.array([T1]), rtol=RTOL, atol=ATOL, buckets=16),
     }
-    print(f"\n| N | variant | first call s | µs/traj | steps max / mean | reference µs/traj (CPU) | speed-up | max |Δ| | failed |")
+    print("\n| N | variant | first call s | µs/traj | steps max / mean | reference µs/traj (CPU) | speed-up | max |Δ| | failed |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for n in sizes:
         states = random_starts(n)

@@ -156,19 +156,15 @@ def sweep(
             lo, hi = c * chunk_size, min((c + 1) * chunk_size, n)
             tag = f"chunk-{c:06d}.nc" if not static else f"chunk-g{g:04d}-{c:06d}.nc"
             file = None if folder is None else folder / tag
-            if file is not None and file.exists():
-                with xr.open_dataset(file, engine="h5netcdf") as stored:
-                    chunks.append({k: stored[k].values for k in out_struct})
+            stored = _read_chunk(file, out_struct)
+            if stored is not None:
+                chunks.append(stored)
             else:
                 idx = np.arange(lo, lo + chunk_size).clip(max=n - 1)  # pad the last chunk with its last point
                 inputs = {k: jax.device_put(jnp.asarray(v[idx]), sharding) for k, v in points.items()}
                 out = jax.device_get(compiled(inputs))
                 out = {k: np.asarray(out[k])[: hi - lo] for k in out_struct}
-                if file is not None:
-                    ds = xr.Dataset({k: (("point", *out_dims[k]), v) for k, v in out.items()})
-                    tmp = file.with_suffix(f".tmp{os.getpid()}")
-                    ds.to_netcdf(tmp, engine="h5netcdf")
-                    os.replace(tmp, file)  # atomic: an interrupted write leaves no half chunk
+                _write_chunk(file, out, out_dims)
                 chunks.append(out)
                 if callback is not None:
                     callback(g * n_chunks + c, total_chunks)
@@ -194,6 +190,28 @@ def sweep(
     all_coords = {k: v for k, v in zip(names, values)}
     all_coords.update({k: np.asarray(v) for k, v in (coords or {}).items()})
     return xr.Dataset(data, coords=all_coords, attrs={"name": name})
+
+
+def _read_chunk(file: pathlib.Path | None, out_struct) -> dict[str, np.ndarray] | None:
+    """A finished chunk from the store, or None when there is none."""
+    if file is None or not file.exists():
+        return None
+    import xarray as xr
+
+    with xr.open_dataset(file, engine="h5netcdf") as stored:
+        return {k: stored[k].values for k in out_struct}
+
+
+def _write_chunk(file: pathlib.Path | None, out: dict[str, np.ndarray], out_dims) -> None:
+    """Write a finished chunk to the store, atomically: an interrupted write leaves no half chunk."""
+    if file is None:
+        return
+    import xarray as xr
+
+    ds = xr.Dataset({k: (("point", *out_dims[k]), v) for k, v in out.items()})
+    tmp = file.with_suffix(f".tmp{os.getpid()}")
+    ds.to_netcdf(tmp, engine="h5netcdf")
+    os.replace(tmp, file)
 
 
 def _output_struct(fn, points, static_values, batched, dynamic) -> dict[str, jax.ShapeDtypeStruct]:

@@ -1,5 +1,4 @@
 import jax
-import pytest
 
 jax.config.update("jax_enable_x64", True)
 
