@@ -38,8 +38,11 @@ def test_theory_command(tmp_path):
 
 @pytest.mark.slow
 def test_flow_then_fit_commands(tmp_path):
-    proc = cli("flow", "tanh", "--width", "8", "--depth", "4", "--out", tmp_path / "flow")
+    config = tmp_path / "run.toml"
+    config.write_text('setting = "tanh"\nwidth = 8\ndepth = 4\nrtol = 1e-5\n')
+    proc = cli("flow", "--config", config, "--out", tmp_path / "flow")
     assert proc.returncode == 0, proc.stderr
+    assert "flow: tanh (MLP, tanh, width 8, depth 4" in proc.stdout
     assert (tmp_path / "flow" / "flow.png").stat().st_size > 10_000
     assert "fitted: eta_h" in proc.stdout
     proc = cli("fit", tmp_path / "flow" / "flow.csv", "--out", tmp_path / "fit")
