@@ -124,3 +124,15 @@ def test_digits_example_from_sklearn_and_from_idx_files(tmp_path):
     eta = lambda text: float(text.split("η_h = ")[1].split()[0])  # noqa: E731
     assert abs(eta(idx) - eta(out)) / eta(out) < 1e-3  # the same images, to the 1/255 rounding
     assert (tmp_path / "idx" / "digits.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_depth_profile_and_rate_tracking_examples_fast(tmp_path):
+    out = _run_example("depth_profile.py", "--width", "8", "--seeds", "1", "--out", tmp_path / "dp")
+    assert "Best layers (mean error)" in out
+    assert (tmp_path / "dp" / "depth_profile.png").stat().st_size > 10_000
+    table = (tmp_path / "dp" / "depth_profile.md").read_text()
+    assert table.count("\n| ") >= 20  # one row per hidden layer of the depth-20 network
+    out = _run_example("rate_tracking.py", "--width", "8", "--t1", "1.0", "--out", tmp_path / "rt.png")
+    assert "η̄: at t=0" in out
+    assert (tmp_path / "rt.png").stat().st_size > 10_000
