@@ -128,7 +128,8 @@ def test_digits_example_from_sklearn_and_from_idx_files(tmp_path):
 
 @pytest.mark.slow
 def test_depth_profile_and_rate_tracking_examples_fast(tmp_path):
-    out = _run_example("depth_profile.py", "--width", "8", "--seeds", "1", "--out", tmp_path / "dp")
+    # rtol 1e-4: at width 8 the kinked flow needs more than max_steps at the default 1e-5
+    out = _run_example("depth_profile.py", "--width", "8", "--seeds", "1", "--rtol", "1e-4", "--out", tmp_path / "dp")
     assert "Best layers (mean error)" in out
     assert (tmp_path / "dp" / "depth_profile.png").stat().st_size > 10_000
     table = (tmp_path / "dp" / "depth_profile.md").read_text()
