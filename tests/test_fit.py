@@ -161,6 +161,7 @@ def network_fit():
                           flow_options={"rtol": 1e-4})
 
 
+@pytest.mark.slow  # a network flow or a fresh process: minutes of the default run
 def test_fit_network_tracks_a_small_network(network_fit):
     fit = network_fit.fit
     assert bool(fit.converged)
@@ -183,6 +184,7 @@ IDENTIFIED = ("2× decoder term of dw", "flipped encoder term of dy", "dropped e
               "flipped encoder term of dw")
 
 
+@pytest.mark.slow  # a network flow or a fresh process: minutes of the default run
 def test_alternatives_fit_worse_on_the_network(network_fit):
     obs, ts = network_fit.flow.observed, network_fit.flow.ts
     residual = {}
@@ -254,6 +256,7 @@ def test_fit_network_bad_input():
         fs.fit_network(exp.model, exp.inputs, exp.targets, 1.0, layer=5)
 
 
+@pytest.mark.slow  # a network flow or a fresh process: minutes of the default run
 def test_compilation_cache_serves_a_fresh_process(tmp_path):
     # The exported fit is written by the first process and read by the second, which must get
     # the same answer (the time saved is measured in benchmarks/bench_fit.py, not asserted here).
