@@ -96,8 +96,9 @@ def test_many_point_examples_fast(tmp_path):
     assert len(rows) == 2
     assert all(float(row.split("|")[5]) > 0.5 for row in rows)  # theory vs network similarity
     assert (tmp_path / "xor" / "xor_rich.png").stat().st_size > 10_000
-    out = _run_example("blobs.py", "--fast", "--out", tmp_path / "blobs")
-    assert out.count("| 2.0 |") == 1 and out.count("| 0.5 |") == 1
+    _run_example("blobs.py", "--fast", "--out", tmp_path / "blobs")
+    table = (tmp_path / "blobs" / "blobs.md").read_text()
+    assert table.count("| 2.0 |") == 1 and table.count("| 0.5 |") == 1
     assert (tmp_path / "blobs" / "blobs_0.5.png").stat().st_size > 10_000
 
 
@@ -122,7 +123,8 @@ def test_digits_example_from_sklearn_and_from_idx_files(tmp_path):
                        "--mnist-labels", tmp_path / "labels", "--out", tmp_path / "idx")
     assert "MNIST, 8×8" in idx
     eta = lambda text: float(text.split("η_h = ")[1].split()[0])  # noqa: E731
-    assert abs(eta(idx) - eta(out)) / eta(out) < 1e-3  # the same images, to the 1/255 rounding
+    # The same images up to 8-bit rounding, which moves dx2 by 0.14 % (7.039 → 7.029): the rates agree to 1 %.
+    assert abs(eta(idx) - eta(out)) / eta(out) < 1e-2
     assert (tmp_path / "idx" / "digits.png").stat().st_size > 10_000
 
 
