@@ -10,7 +10,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._custom_types import RealScalarLike
-from ._flow import _gradient_evaluations, _prepare, FlowSolution, Loss, Observer
+from ._flow import _gradient_evaluations, _prepare, FlowSolution, Loss, Observer, pid_controller
 from ._results import RESULTS
 from ._validation import concrete_array, is_concrete
 
@@ -28,6 +28,8 @@ def ensemble_flow(
     solver: diffrax.AbstractAdaptiveSolver | None = None,
     rtol: float = 1e-6,
     atol: float = 1e-8,
+    pcoeff: float = 0.0,
+    icoeff: float = 1.0,
     max_steps: int = 100_000,
     data_batched: bool = False,
     throw: bool = True,
@@ -109,9 +111,10 @@ def ensemble_flow(
     ts_c = concrete_array(ts)
     if ts_c is not None and t1_c is not None and (np.any(np.diff(ts_c) < 0) or ts_c[0] < 0 or ts_c[-1] > t1_c):
         raise ValueError(f"`ts` must be non-decreasing and lie in [0, t1] = [0, {float(t1_c)}].")
+    controller = pid_controller(rtol, atol, pcoeff, icoeff, norm=_member_rms_max)
     solver = diffrax.Tsit5() if solver is None else solver
     data_axis = 0 if data_batched else None
-    sol = _ensemble(models, inputs, targets, t1, ts, observer, loss, solver, rtol, atol, max_steps, data_axis)
+    sol = _ensemble(models, inputs, targets, t1, ts, observer, loss, solver, controller, max_steps, data_axis)
     if throw:
         if is_concrete(sol.result):
             bad = np.flatnonzero(np.asarray(sol.result._value) != RESULTS.successful._value)
@@ -144,7 +147,7 @@ def _member_finite(tree) -> Array:
 
 
 @eqx.filter_jit
-def _ensemble(models, inputs, targets, t1, ts, observer, loss, solver, rtol, atol, max_steps, data_axis):
+def _ensemble(models, inputs, targets, t1, ts, observer, loss, solver, controller, max_steps, data_axis):
     params, static = eqx.partition(models, eqx.is_inexact_array)
 
     def member_grad(p, x, y):
@@ -167,7 +170,7 @@ def _ensemble(models, inputs, targets, t1, ts, observer, loss, solver, rtol, ato
         None,
         params,
         saveat=saveat,
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, norm=_member_rms_max),
+        stepsize_controller=controller,
         max_steps=max_steps,
         throw=False,
     )

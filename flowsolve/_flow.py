@@ -155,6 +155,17 @@ def _gradient_evaluations(solver, num_steps):
     return num_steps * per_step + 1
 
 
+def pid_controller(rtol, atol, pcoeff, icoeff, norm=None) -> diffrax.PIDController:
+    """The flows' step-size controller, its arguments checked (rtol > 0, atol ≥ 0, pcoeff ≥ 0,
+    icoeff > 0); `norm` as in diffrax (default its RMS norm)."""
+    check_positive("rtol", rtol)
+    check_positive("atol", atol, allow_zero=True)
+    check_positive("pcoeff", pcoeff, allow_zero=True)
+    check_positive("icoeff", icoeff)
+    kwargs = {} if norm is None else {"norm": norm}
+    return diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff, **kwargs)
+
+
 def gradient_flow(
     model: eqx.Module,
     inputs: Float[ArrayLike, "points ..."],
@@ -168,6 +179,8 @@ def gradient_flow(
     solver: diffrax.AbstractAdaptiveSolver | None = None,
     rtol: float = 1e-6,
     atol: float = 1e-8,
+    pcoeff: float = 0.0,
+    icoeff: float = 1.0,
     max_steps: int = 100_000,
     adjoint: diffrax.AbstractAdjoint | None = None,
     loss_threshold: float | None = None,
@@ -195,6 +208,11 @@ def gradient_flow(
     - `solver`: an adaptive diffrax solver; default `diffrax.Tsit5()`.
     - `rtol`, `atol`: tolerances of the PID controller. The flows of piecewise-linear networks are not
       smooth; check results under tolerance refinement (see `benchmarks/README.md`).
+    - `pcoeff`, `icoeff`: the controller's proportional and integral coefficients (diffrax's
+      `PIDController`); default an I controller (0, 1). Deep networks' flows are often limited by
+      stability rather than accuracy at loose tolerances; there a PI controller (`pcoeff=0.4,
+      icoeff=0.3`) with `solver=diffrax.Bosh3()` needs fewer gradient evaluations for ~1 % accuracy
+      (`benchmarks/README.md`, "bench_flow").
     - `max_steps`: the most solver steps.
     - `adjoint`: a diffrax adjoint, for differentiating through the flow.
     - `loss_threshold`: stop early (a diffrax event) once the loss falls below this.
@@ -219,6 +237,7 @@ def gradient_flow(
         raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
     if loss_threshold is not None:
         check_positive("loss_threshold", loss_threshold)
+    controller = pid_controller(rtol, atol, pcoeff, icoeff)
     dtype = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))[0].dtype
     t1 = jnp.asarray(t1, dtype)
     if ts is None:
@@ -232,7 +251,7 @@ def gradient_flow(
             if np.any(np.diff(ts_c) < 0) or ts_c[0] < 0 or ts_c[-1] > t1_c:
                 raise ValueError(f"`ts` must be non-decreasing and lie in [0, t1] = [0, {float(t1_c)}].")
     solver = diffrax.Tsit5() if solver is None else solver
-    sol = _flow(model, inputs, targets, t1, ts, observer, loss, solver, rtol, atol, max_steps, adjoint,
+    sol = _flow(model, inputs, targets, t1, ts, observer, loss, solver, controller, max_steps, adjoint,
                 loss_threshold)
     return _report(sol, throw, "gradient flow")
 
@@ -250,7 +269,7 @@ def _report(sol: FlowSolution, throw: bool, what: str) -> FlowSolution:
 
 
 @eqx.filter_jit
-def _flow(model, inputs, targets, t1, ts, observer, loss, solver, rtol, atol, max_steps, adjoint, loss_threshold):
+def _flow(model, inputs, targets, t1, ts, observer, loss, solver, controller, max_steps, adjoint, loss_threshold):
     params, static = eqx.partition(model, eqx.is_inexact_array)
 
     def vector_field(t, p, args):
@@ -274,7 +293,7 @@ def _flow(model, inputs, targets, t1, ts, observer, loss, solver, rtol, atol, ma
         None,
         params,
         saveat=saveat,
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        stepsize_controller=controller,
         max_steps=max_steps,
         throw=False,
         **kwargs,

@@ -1,5 +1,6 @@
 """Exact gradient flow, gradient descent, architectures, and the experiments table."""
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -35,6 +36,24 @@ def test_linear_regression_matches_closed_form():
         expected = theta_star + scipy.linalg.expm(-t * A) @ (theta0[0] - theta_star)
         np.testing.assert_allclose(theta, expected, atol=1e-7, rtol=0)
     np.testing.assert_allclose(sol.model.weight[0], sol.observed["theta"][-1])
+
+
+def test_pi_controlled_bosh3_matches_closed_form():
+    # The PI controller and a third-order solver (the cheap choice at ~1 % accuracy on deep
+    # smooth networks, benchmarks/README.md) integrate the same flow: linear regression, closed form.
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(5, 2))
+    y = rng.normal(size=(5, 1))
+    theta0 = rng.normal(size=(1, 2))
+    ts = np.linspace(0.0, 2.0, 5)
+    sol = fs.gradient_flow(LinearRegression(jnp.asarray(theta0)), X, y, 2.0, ts=ts, rtol=1e-10, atol=1e-12,
+                           pcoeff=0.4, icoeff=0.3, solver=diffrax.Bosh3(), max_steps=100_000,
+                           observe={"theta": lambda m, i, t: m.weight[0]})
+    theta_star = np.linalg.lstsq(X, y[:, 0], rcond=None)[0]
+    for t, theta in zip(ts, np.asarray(sol.observed["theta"])):
+        expected = theta_star + scipy.linalg.expm(-t * X.T @ X / 5) @ (theta0[0] - theta_star)
+        np.testing.assert_allclose(theta, expected, atol=1e-7, rtol=0)
+    assert int(sol.stats["gradient_evaluations"]) == 3 * int(sol.stats["num_steps"]) + 1
 
 
 @settings(max_examples=8, deadline=None)
@@ -211,6 +230,12 @@ class NoParams(eqx.Module):
         (lambda m, x, y: fs.gradient_flow(m, jnp.full((2, 1), jnp.nan), y, 1.0), "finite"),
         (lambda m, x, y: fs.gradient_flow(eqx.tree_at(lambda n: n.readout.bias, m, jnp.array([jnp.nan])), x, y, 1.0),
          "non-finite parameters"),
+        (lambda m, x, y: fs.gradient_flow(m, x, y, 1.0, rtol=0.0), "rtol"),
+        (lambda m, x, y: fs.gradient_flow(m, x, y, 1.0, atol=-1e-9), "atol"),
+        (lambda m, x, y: fs.gradient_flow(m, x, y, 1.0, pcoeff=-0.1), "pcoeff"),
+        (lambda m, x, y: fs.gradient_flow(m, x, y, 1.0, icoeff=0.0), "icoeff"),
+        (lambda m, x, y: fs.ensemble_flow(jax.tree_util.tree_map(lambda a: a[None], m), x, y, 1.0, icoeff=float("nan")),
+         "icoeff"),
         (lambda m, x, y: fs.gradient_descent(m, x, y, 0.0, 10), "lr"),
         (lambda m, x, y: fs.gradient_descent(m, x, y, 0.1, 0), "steps"),
         (lambda m, x, y: fs.gradient_descent(m, x, y, 0.1, 10, every=0), "every"),
