@@ -10,7 +10,8 @@
 3. The default network's gradient (width 500, depth 20, float32): achieved bytes/s against this
    machine's copy bandwidth measured in the same run.
 
-    python benchmarks/bench_sweep.py         # a few minutes on a laptop CPU
+    python benchmarks/bench_sweep.py                    # a few minutes on a laptop CPU
+    python benchmarks/bench_sweep.py --bandwidth-only   # part 3 only
 """
 
 import os
@@ -93,14 +94,28 @@ def main():
     print(f"\nsteps per flow: max {ds.steps.values.max()}, mean {ds.steps.values.mean():.0f}; "
           f"largest |Δh| sweep vs loop {diff:.1e}; ensemble vs loop, relative {rel:.1e}\n")
 
-    # 3. bytes/s of the default network's gradient against the copy bandwidth
+    bandwidth()
+
+
+def bandwidth():
+    """3. bytes/s of the default network's gradient against the copy bandwidth, and its parts."""
     exp = fs.experiments.two_points("default", key=jax.random.key(0))
     params, static = eqx.partition(exp.model, eqx.is_inexact_array)
     params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), params)
     x32, y32 = exp.inputs.astype(jnp.float32), exp.targets.astype(jnp.float32)
-    grad = jax.jit(jax.grad(lambda p: fs.mse_loss(eqx.combine(p, static), x32, y32)))
+    loss = lambda p: fs.mse_loss(eqx.combine(p, static), x32, y32)  # noqa: E731
+    grad = jax.jit(jax.grad(loss))
+    forward = jax.jit(loss)
     weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(params))
     grad_s = best_of(lambda: grad(params), 50)
+    forward_s = best_of(lambda: forward(params), 50)
+    # The weight gradients alone: one (500 × 2)·(2 × 500) product per hidden layer after the first,
+    # as autodiff of the vmapped loss writes them (a dot contracting the two points).
+    hidden = [layer.weight for layer in params.layers[1:]]
+    deltas = jnp.ones((2, hidden[0].shape[0]), jnp.float32)
+    outer = jax.jit(lambda d, ws: [(d * (i + 1)).T @ d for i, _ in enumerate(ws)])
+    outer_s = best_of(lambda: outer(deltas, hidden), 50)
+    outer_bytes = sum(w.nbytes for w in hidden)
     big = np.ones(weight_bytes // 4 * 8, np.float32)  # 8× the weights, past the caches
     out = np.empty_like(big)
     copy_s = best_of(lambda: np.copyto(out, big), 10)
@@ -113,6 +128,10 @@ def main():
     print(f"| bytes moved per gradient (≥ 3 × weights) / time | {moved / grad_s / 1e9:.1f} GB/s |")
     print(f"| copy bandwidth (numpy copy of {big.nbytes / 1e6:.0f} MB, read + write) | {copy_bw / 1e9:.1f} GB/s |")
     print(f"| achieved / copy bandwidth | {moved / grad_s / copy_bw:.0%} |")
+    print(f"| the forward pass alone (weights read once) | {forward_s * 1e3:.2f} ms, "
+          f"{weight_bytes / forward_s / 1e9:.1f} GB/s |")
+    print(f"| the {len(hidden)} weight-gradient products alone ((500 × 2)·(2 × 500) dots, written once) | "
+          f"{outer_s * 1e3:.2f} ms, {outer_bytes / outer_s / 1e9:.1f} GB/s |")
 
 
 def best_of(f, n):
@@ -126,4 +145,6 @@ def best_of(f, n):
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    bandwidth() if "--bandwidth-only" in sys.argv[1:] else main()
