@@ -14,6 +14,7 @@ from jaxtyping import Array, ArrayLike, Float
 from ._custom_types import RealScalarLike
 from ._observables import two_point_observables
 from ._results import RESULTS
+from ._norms import rms_norm_nan_is_inf
 from ._validation import check_positive, concrete_array, is_concrete
 
 Loss = Callable[[Any, Array, Array], Array]
@@ -157,13 +158,14 @@ def _gradient_evaluations(solver, num_steps):
 
 def pid_controller(rtol, atol, pcoeff, icoeff, norm=None) -> diffrax.PIDController:
     """The flows' step-size controller, its arguments checked (rtol > 0, atol ≥ 0, pcoeff ≥ 0,
-    icoeff > 0); `norm` as in diffrax (default its RMS norm)."""
+    icoeff > 0); `norm` as in diffrax (default its RMS norm, a NaN norm counting as an infinite error:
+    `rms_norm_nan_is_inf`)."""
     check_positive("rtol", rtol)
     check_positive("atol", atol, allow_zero=True)
     check_positive("pcoeff", pcoeff, allow_zero=True)
     check_positive("icoeff", icoeff)
-    kwargs = {} if norm is None else {"norm": norm}
-    return diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff, **kwargs)
+    norm = rms_norm_nan_is_inf if norm is None else norm
+    return diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff, norm=norm)
 
 
 def gradient_flow(

@@ -10,6 +10,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 from ._custom_types import RealScalarLike
+from ._norms import rms_norm_nan_is_inf
 from ._results import RESULTS
 from ._validation import check_finite, check_positive, check_shape, concrete_array, is_concrete
 
@@ -407,7 +408,7 @@ def _steady_state(theory: EffectiveTheory, rate: Array, rtol: float, atol: float
 def _solve(theory, state0, t0, t1, ts, solver, rtol, atol, max_steps, m0, eta_mean, adjoint, throw, stop_at_steady_state):
     y0 = to_regular(theory, state0)
     term = diffrax.ODETerm(_regular_vector_field)
-    controller = diffrax.PIDController(rtol=rtol, atol=atol)
+    controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=rms_norm_nan_is_inf)
     kwargs = {} if adjoint is None else {"adjoint": adjoint}
     if stop_at_steady_state:
         _, _, h_inf = theory.fixed_point(state0[0], state0[1])
