@@ -132,8 +132,10 @@ def ensemble_flow(
 
 
 def _member_rms_max(error_ratio) -> Array:
-    """The step-size controller's norm: each member's RMS norm (as `diffrax.rms_norm` alone), then
-    the largest; a member whose error is non-finite (a failed member: its state stays non-finite) counts as zero."""
+    """The step-size controller's norm: each member's RMS norm (as `optimistix.rms_norm` alone), then
+    the largest; a member whose error is non-finite counts as zero, so a failed member (its state
+    stays non-finite) does not stop the others. (A member whose *trial* step overflows is treated the
+    same way: accepted and flagged, not retried with a smaller step.)"""
     leaves = jax.tree_util.tree_leaves(error_ratio)
     sums = sum(jnp.sum(jnp.abs(x.reshape(x.shape[0], -1)) ** 2, axis=1) for x in leaves)
     count = sum(int(np.prod(x.shape[1:])) for x in leaves)
