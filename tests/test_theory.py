@@ -10,6 +10,7 @@ import pytest
 from hypothesis import assume, example, given, settings, strategies as st
 
 from flowsolve import EffectiveTheory, RESULTS, solve_theory
+from flowsolve._norms import rms_norm_nan_is_inf
 
 from .helpers import admissible_state
 
@@ -328,10 +329,6 @@ def test_solve_theory_batch_bad_input(states, kwargs, match):
 def test_controller_norm_counts_nan_as_infinite_error():
     # inf / inf in diffrax's error scaling is NaN: an overflowed trial step must read as a rejected
     # step (an infinite error), never as a NaN step-size factor.
-    import optimistix as optx
-
-    from flowsolve._norms import rms_norm_nan_is_inf
-
     finite = (jnp.array([0.3, -1.2]), jnp.array(2.0))
     assert float(rms_norm_nan_is_inf(finite)) == float(optx.rms_norm(finite))
     assert float(rms_norm_nan_is_inf((jnp.array([1.0, jnp.inf / jnp.inf]),))) == np.inf
