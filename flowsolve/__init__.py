@@ -36,6 +36,7 @@ from ._observables import (
     TwoPointObservables as TwoPointObservables,
 )
 from ._results import RESULTS as RESULTS
+from ._rkc import RKC as RKC
 from ._sweep import sweep as sweep
 from ._theory import (
     EffectiveTheory as EffectiveTheory,

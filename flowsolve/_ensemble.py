@@ -12,6 +12,7 @@ from jaxtyping import Array, ArrayLike, Float
 from ._custom_types import RealScalarLike
 from ._flow import _gradient_evaluations, _prepare, FlowSolution, Loss, Observer, pid_controller
 from ._results import RESULTS
+from ._rkc import RKC
 from ._validation import concrete_array, is_concrete
 
 
@@ -46,6 +47,9 @@ def ensemble_flow(
 
     A member whose state becomes non-finite stays so and is flagged in `result`; the controller
     ignores its error, so the others go on.
+
+    With `solver=flowsolve.RKC()` the spectral radius is estimated for the stacked system, i.e. the
+    stiffest member's (non-finite members ignored), and every member takes that many stages.
 
     **Arguments:**
 
@@ -163,7 +167,8 @@ def _ensemble(models, inputs, targets, t1, ts, observer, loss, solver, controlle
         observe_one = lambda q, x, y: observer(eqx.combine(q, static), x, y)  # noqa: E731
         return jax.vmap(observe_one, in_axes=(0, data_axis, data_axis))(p, inputs, targets)
 
-    saveat = diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts, fn=save), diffrax.SubSaveAt(t1=True)])
+    saveat = diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts, fn=save), diffrax.SubSaveAt(t1=True)],
+                            solver_state=isinstance(solver, RKC))
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(vector_field),
         solver,
@@ -193,7 +198,8 @@ def _ensemble(models, inputs, targets, t1, ts, observer, loss, solver, controlle
         )
     )(finite)
     stats = {k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
-    stats["gradient_evaluations"] = _gradient_evaluations(solver, sol.stats["num_steps"])
+    stats["gradient_evaluations"] = _gradient_evaluations(solver, sol.stats["num_steps"],
+                                                          sol.stats["num_rejected_steps"], sol.solver_state)
     last_reached = jnp.max(jnp.where(reached, ts, -jnp.inf))
     t_final = jnp.where(jnp.isfinite(ts_final[0]), ts_final[0], last_reached)
     stats["t_final"] = jnp.broadcast_to(t_final, finite.shape)

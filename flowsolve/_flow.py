@@ -14,6 +14,7 @@ from jaxtyping import Array, ArrayLike, Float
 from ._custom_types import RealScalarLike
 from ._observables import two_point_observables
 from ._results import RESULTS
+from ._rkc import RKC
 from ._norms import rms_norm_nan_is_inf
 from ._validation import check_positive, concrete_array, is_concrete
 
@@ -34,7 +35,8 @@ class FlowSolution(eqx.Module):
     - `model`: the model at the final time.
     - `result`: a `flowsolve.RESULTS`.
     - `stats`: solver statistics: `num_steps`, `num_accepted_steps`, `num_rejected_steps`,
-      `gradient_evaluations` (−1 when the solver is not an explicit Runge–Kutta method), `t_final`
+      `gradient_evaluations` (for `RKC`: exact for accepted steps and its power iterations, rejected
+      steps counted at the mean stage count; −1 for solvers other than explicit Runge–Kutta), `t_final`
       (the time reached) for flows; `steps` and `t_final` for descent.
     """
 
@@ -146,8 +148,13 @@ def _prepare(model, inputs, targets, observe, layer, loss) -> tuple[Array, Array
     return inputs, targets, observer, loss
 
 
-def _gradient_evaluations(solver, num_steps):
-    """Stages per step of an explicit Runge–Kutta tableau (FSAL saves one), times steps."""
+def _gradient_evaluations(solver, num_steps, num_rejected, solver_state):
+    """Stages per step of an explicit Runge–Kutta tableau (FSAL saves one), times steps; for `RKC`,
+    its own count (accepted steps and power iterations, exact) plus the rejected steps at the mean
+    stage count of the accepted ones (diffrax discards a rejected step's solver state)."""
+    if isinstance(solver, RKC):
+        return solver_state.evaluations + jnp.round(num_rejected * solver_state.mean_stages()).astype(
+            solver_state.evaluations.dtype)
     tableau = getattr(solver, "tableau", None)
     if tableau is None or getattr(tableau, "a_diagonal", None) is not None:
         return jnp.asarray(-1)  # unknown for this solver
@@ -207,7 +214,9 @@ def gradient_flow(
       Default: for two points, `two_point_observer(layer)` (loss and `h, y, w, m`); else the loss.
     - `layer`: the observed hidden layer of the default observer (default: the middle one).
     - `loss`: `L(model, inputs, targets)`; default `mse_loss` (½·mean‖ŷ − y*‖², THEORY.md §1).
-    - `solver`: an adaptive diffrax solver; default `diffrax.Tsit5()`.
+    - `solver`: an adaptive diffrax solver (default `diffrax.Tsit5()`), or `flowsolve.RKC()`, a
+      stabilised second-order method: the cheapest at ~1 % accuracy on deep smooth networks
+      (`benchmarks/README.md`, "bench_flow"), not for tight tolerances (global error ∝ rtol^(2/3)).
     - `rtol`, `atol`: tolerances of the PID controller. The flows of piecewise-linear networks are not
       smooth; check results under tolerance refinement (see `benchmarks/README.md`).
     - `pcoeff`, `icoeff`: the controller's proportional and integral coefficients (diffrax's
@@ -286,7 +295,8 @@ def _flow(model, inputs, targets, t1, ts, observer, loss, solver, controller, ma
         kwargs["event"] = diffrax.Event(
             lambda t, p, args, **kw: loss(eqx.combine(p, static), inputs, targets) < loss_threshold
         )
-    saveat = diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts, fn=save), diffrax.SubSaveAt(t1=True)])
+    saveat = diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts, fn=save), diffrax.SubSaveAt(t1=True)],
+                            solver_state=isinstance(solver, RKC))
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(vector_field),
         solver,
@@ -310,7 +320,8 @@ def _flow(model, inputs, targets, t1, ts, observer, loss, solver, controller, ma
     result = RESULTS.where((result == RESULTS.successful) & ~finite, RESULTS.nonfinite_state, result)
     final_params = jax.tree_util.tree_map(lambda x: x[0], final)
     stats = {k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
-    stats["gradient_evaluations"] = _gradient_evaluations(solver, sol.stats["num_steps"])
+    stats["gradient_evaluations"] = _gradient_evaluations(solver, sol.stats["num_steps"],
+                                                          sol.stats["num_rejected_steps"], sol.solver_state)
     # The time reached: t1 on success, else the last observation time reached.
     last_reached = jnp.max(jnp.where(reached, ts, -jnp.inf))
     stats["t_final"] = jnp.where(jnp.isfinite(ts_final[0]), ts_final[0], last_reached)
