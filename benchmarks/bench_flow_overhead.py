@@ -6,11 +6,13 @@ N constant steps and divides by the gradient evaluations:
 - GD: `flowsolve.gradient_descent` (one gradient and one update per step).
 - diffrax Euler: `diffeqsolve` with `Euler()`: the same arithmetic as GD inside diffrax's loop.
 - diffrax Bosh3 / Tsit5: `diffeqsolve` with constant steps (no controller, no saving).
+- flowsolve RKC: `diffeqsolve` with `flowsolve.RKC()` at the same constant steps (its stage count
+  per step follows from h·ρ; its power iterations are counted as evaluations too).
 - Tsit5 stages written out: the same tableau as straight-line JAX in a `fori_loop` (each stage one
   fused combination of the previous ones, an error estimate, no controller): the arithmetic floor
   of a seven-stage method, *not* a solver flowsolve offers.
 
-It measures; it does not propose a solver of our own (the project uses diffrax's). Pin it to one core
+Pin it to one core
 for steadier numbers: `taskset -c 0 python benchmarks/bench_flow_overhead.py`.
 """
 
@@ -70,8 +72,8 @@ def main():
     print(f"# bench_flow_overhead — {time.strftime('%Y-%m-%d')}, {platform.machine()}, jax {jax.__version__}, "
           f"float64, {N} constant steps\n")
     print("| width | state MB | GD step ms | per gradient evaluation: diffrax Euler | diffrax Bosh3 | diffrax Tsit5 "
-          "| Tsit5 stages written out |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+          "| flowsolve RKC | Tsit5 stages written out |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for width in (50, 150):
         exp = fs.experiments.two_points("tanh", key=jax.random.key(0), width=width, depth=20)
         params, static = eqx.partition(exp.model, eqx.is_inexact_array)
@@ -91,6 +93,12 @@ def main():
                 saveat=diffrax.SaveAt(t1=True), max_steps=N + 2).ys)
             per_eval = best_of(lambda run=run, params=params: run(params)) / (N * evals)
             cells.append(f"{per_eval * 1e3:.3f} ms ({per_eval / gd:.2f}×)")
+        rkc = jax.jit(lambda y0, vector_field=vector_field: diffrax.diffeqsolve(
+            diffrax.ODETerm(lambda t, y, args: vector_field(y)), fs.RKC(), 0.0, N * DT, DT, y0,
+            saveat=diffrax.SaveAt(t1=True, solver_state=True), max_steps=N + 2))
+        state = rkc(params).solver_state
+        per_eval = best_of(lambda rkc=rkc, params=params: rkc(params).ys) / int(state.evaluations)
+        cells.append(f"{per_eval * 1e3:.3f} ms ({per_eval / gd:.2f}×; {float(state.mean_stages()):.1f} stages)")
         floor = best_of(lambda f=written_out_tsit5(vector_field), params=params: f(params)) / (N * 6)
         cells.append(f"{floor * 1e3:.3f} ms ({floor / gd:.2f}×)")
         print(f"| {width} | {state_mb:.1f} | {gd * 1e3:.3f} | " + " | ".join(cells) + " |")

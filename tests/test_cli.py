@@ -39,7 +39,7 @@ def test_theory_command(tmp_path):
 @pytest.mark.slow
 def test_flow_then_fit_commands(tmp_path):
     config = tmp_path / "run.toml"
-    config.write_text('setting = "tanh"\nwidth = 8\ndepth = 4\nrtol = 1e-5\n')
+    config.write_text('setting = "tanh"\nwidth = 8\ndepth = 4\nrtol = 1e-5\nsolver = "rkc"\n')
     proc = cli("flow", "--config", config, "--out", tmp_path / "flow")
     assert proc.returncode == 0, proc.stderr
     assert "flow: tanh (MLP, tanh, width 8, depth 4" in proc.stdout
@@ -85,6 +85,7 @@ def test_demo_and_reproduce_commands(tmp_path):
     [
         (["flow", "nosuch"], "unknown setting 'nosuch'"),
         (["flow", "--width", "0"], "--width` must be ≥ 1"),
+        (["flow", "--solver", "euler"], "unknown solver 'euler'; choose one of tsit5, bosh3, rkc"),
         (["theory", "--eta-h", "-1"], "eta_h"),
         (["theory", "--t1", "-5"], "t1"),
         (["reproduce", "nosuch"], "unknown experiment"),
