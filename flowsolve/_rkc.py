@@ -210,9 +210,8 @@ class RKC(diffrax.AbstractAdaptiveSolver):
         y1 = _combine((1.0, y0), (mu1 * h, f0))
         c1 = mu1
 
-        def stage(carry):
+        def stage(carry):  # stage j ≥ 2 from stages j − 1 and j − 2
             j, y_prev, y_prev2, t1_, t2_, d1, d2, dd1, dd2, b_prev, b_prev2, c_prev = carry
-            jf = j  # stage j ≥ 2
             t_j = 2 * w0 * t1_ - t2_
             d_j = 2 * t1_ + 2 * w0 * d1 - d2
             dd_j = 4 * d1 + 2 * w0 * dd1 - dd2
@@ -225,7 +224,6 @@ class RKC(diffrax.AbstractAdaptiveSolver):
             f_prev = terms.vf(t0 + c_prev * h, y_prev, args)
             y_j = _combine((1 - mu - nu, y0), (mu, y_prev), (nu, y_prev2), (mut * h, f_prev), (gamt * h, f0))
             c_j = w1 * dd_j / d_j
-            del jf
             return j + 1, y_j, y_prev, t_j, t1_, d_j, d1, dd_j, dd1, b_j, b_prev, c_j
 
         # T_1 = w0, T_0 = 1; T_1' = 1, T_0' = 0; T_1'' = T_0'' = 0; b_1 = b_0 = b_2.
