@@ -116,7 +116,7 @@ class RKC(diffrax.AbstractAdaptiveSolver):
         exp = flowsolve.experiments.two_points("swish", key=jax.random.key(0), width=50)
         sol = flowsolve.gradient_flow(exp.model, exp.inputs, exp.targets, exp.t1, layer=exp.layer,
                                       solver=flowsolve.RKC(), rtol=1e-4, atol=1e-6)
-        sol.stats["gradient_evaluations"]  # ≈ 215, against 3 000 GD steps for the same 1 % accuracy
+        sol.stats["gradient_evaluations"]  # 227 measured, against 3 000 GD steps for the same 1 % accuracy
         ```
     """
 
