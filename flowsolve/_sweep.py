@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jaxtyping import Array, ArrayLike
 
 PointFn = Callable[[dict[str, Array]], dict[str, Array]]
@@ -54,7 +55,7 @@ def sweep(
     - `dims`: output name → names of its own dimensions (e.g. `{"h": ["time"]}`); default `dim_0, …`.
     - `coords`: coordinates of those dimensions (e.g. `{"time": ts}`).
     - `chunk_size`: points per compiled call; default: as many as fit `memory_budget` bytes of outputs
-      (at most 4 096). Rounded up to a multiple of the device count.
+      (at most 4 096). Rounded up to a multiple of the device count (of all processes).
     - `store`: a directory; each finished chunk is written there at once (netCDF), and a sweep run
       again with the same store skips the chunks already there (an interrupted sweep resumes; the
       result is identical). A store written by a different sweep (name, axes, outputs, chunk size) is
@@ -62,11 +63,17 @@ def sweep(
     - `name`: the sweep's name, part of the store's identity.
     - `progress`: a progress bar over points (tqdm) with points/s and the time left.
     - `callback`: called as `callback(chunk_index, n_chunks)` after each chunk is computed and stored
-      (chunks are numbered across all groups).
+      (chunks are numbered across all groups), on every process.
 
     **Returns:** an `xarray.Dataset` with dimensions the axes (coordinates their values) followed by
     each output's own dimensions, plus `finite`: whether every output of a point is finite. A point that
     fails is flagged there (or by the status `fn` returns) and the others go on.
+
+    Several processes (multi-host, after `jax.distributed.initialize()`): every process makes the
+    same call; each chunk is sharded over the devices of all of them, its outputs gathered onto every
+    process, and every process returns the whole dataset. Process 0 alone writes the store, which must
+    then be on a filesystem they all see; the chunks it holds decide, for every process, what is
+    skipped on resuming.
 
     **Raises:** `ValueError` for an empty, non-1-d or non-finite axis, `fn` asking for an axis that is
     not given, a `static` name that is not an axis, outputs whose shapes differ between groups, a
@@ -141,30 +148,40 @@ def sweep(
         }
         if static:
             identity["static"] = list(static)
-        _claim(folder, identity)
+        _claim_everywhere(folder, identity)
 
+    multihost = jax.process_count() > 1
+    lead = jax.process_index() == 0
     mesh = jax.sharding.Mesh(np.asarray(devices), ("points",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("points"))
+    # Several processes: each chunk's outputs are gathered onto every device, so that every process
+    # holds the whole chunk (and returns the whole dataset); process 0 alone writes the store.
+    gathered = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()) if multihost else None
 
-    bar = _progress_bar(n * len(groups), name) if progress else None
+    tags = [[f"chunk-{c:06d}.nc" if not static else f"chunk-g{g:04d}-{c:06d}.nc" for c in range(n_chunks)]
+            for g in range(len(groups))]
+    done = np.array([[folder is not None and (folder / t).exists() for t in row] for row in tags], dtype=bool)
+    if multihost:  # every process must take part in the same chunks: process 0's store decides
+        done = np.asarray(multihost_utils.broadcast_one_to_all(done), dtype=bool)
+
+    bar = _progress_bar(n * len(groups), name) if progress and lead else None
     total_chunks = n_chunks * len(groups)
     group_outputs = []
     for g, gv in enumerate(group_values):
-        compiled = _batched(fn, tuple(gv.items()), batched)
+        compiled = _batched(fn, tuple(gv.items()), batched, gathered)
         chunks: list[dict[str, np.ndarray]] = []
         for c in range(n_chunks):
             lo, hi = c * chunk_size, min((c + 1) * chunk_size, n)
-            tag = f"chunk-{c:06d}.nc" if not static else f"chunk-g{g:04d}-{c:06d}.nc"
-            file = None if folder is None else folder / tag
-            stored = _read_chunk(file, out_struct)
-            if stored is not None:
-                chunks.append(stored)
+            file = None if folder is None else folder / tags[g][c]
+            if done[g, c]:
+                chunks.append(_read_chunk(file, out_struct))
             else:
                 idx = np.arange(lo, lo + chunk_size).clip(max=n - 1)  # pad the last chunk with its last point
-                inputs = {k: jax.device_put(jnp.asarray(v[idx]), sharding) for k, v in points.items()}
+                inputs = {k: _global_batch(v[idx], sharding) for k, v in points.items()}
                 out = jax.device_get(compiled(inputs))
                 out = {k: np.asarray(out[k])[: hi - lo] for k in out_struct}
-                _write_chunk(file, out, out_dims)
+                if lead:
+                    _write_chunk(file, out, out_dims)
                 chunks.append(out)
                 if callback is not None:
                     callback(g * n_chunks + c, total_chunks)
@@ -173,6 +190,8 @@ def sweep(
         group_outputs.append({k: np.concatenate([ch[k] for ch in chunks]) for k in out_struct})
     if bar is not None:
         bar.close()
+    if multihost and folder is not None:  # return once the store is complete, on every process
+        multihost_utils.sync_global_devices(f"flowsolve.sweep {folder}")
 
     s_shape = tuple(len(v) for v in s_values)
     order = [(list(static) + dynamic).index(k) for k in names]  # (static..., dynamic...) → axes order
@@ -192,11 +211,22 @@ def sweep(
     return xr.Dataset(data, coords=all_coords, attrs={"name": name})
 
 
-def _read_chunk(file: pathlib.Path | None, out_struct) -> dict[str, np.ndarray] | None:
-    """A finished chunk from the store, or None when there is none."""
-    if file is None or not file.exists():
-        return None
+def _global_batch(local: np.ndarray, sharding: jax.sharding.Sharding) -> Array:
+    """One chunk's values of an axis as an array sharded over every device of every process (each
+    process holds all the points, and places the shards of its own devices)."""
+    local = np.asarray(local, dtype=jax.dtypes.canonicalize_dtype(local.dtype))
+    return jax.make_array_from_callback(local.shape, sharding, lambda index: local[index])
+
+
+def _read_chunk(file: pathlib.Path, out_struct) -> dict[str, np.ndarray]:
+    """A finished chunk from the store."""
     import xarray as xr
+
+    if not file.exists():  # listed by process 0, not visible here
+        raise ValueError(
+            f"The store's chunk {str(file)!r} exists for process 0 but not for process "
+            f"{jax.process_index()}: with several processes the store must be on a filesystem they all see."
+        )
 
     with xr.open_dataset(file, engine="h5netcdf") as stored:
         return {k: stored[k].values for k in out_struct}
@@ -237,7 +267,8 @@ def _output_struct(fn, points, static_values, batched, dynamic) -> dict[str, jax
 
 
 @functools.lru_cache(maxsize=64)
-def _batched(fn: PointFn, static_items: tuple[tuple[str, Any], ...], batched: bool):
+def _batched(fn: PointFn, static_items: tuple[tuple[str, Any], ...], batched: bool,
+             out_sharding: jax.sharding.Sharding | None):
     """One jitted (and, unless `fn` is batched, vmapped) wrapper per `fn` and group, so that repeated
     sweeps reuse its compilation."""
     static_values = dict(static_items)
@@ -245,7 +276,7 @@ def _batched(fn: PointFn, static_items: tuple[tuple[str, Any], ...], batched: bo
     def one(p):
         return fn({**p, **static_values})
 
-    return jax.jit(one if batched else jax.vmap(one))
+    return jax.jit(one if batched else jax.vmap(one), out_shardings=out_sharding)
 
 
 def _check_axes(axes, static=()) -> tuple[list[str], list[np.ndarray]]:
@@ -269,6 +300,23 @@ def _check_axes(axes, static=()) -> tuple[list[str], list[np.ndarray]]:
         names.append(k)
         values.append(arr)
     return names, values
+
+
+def _claim_everywhere(folder: pathlib.Path, identity: dict[str, Any]) -> None:
+    """`_claim` on process 0 (the store's only writer); every process raises if it refused."""
+    if jax.process_count() == 1:
+        return _claim(folder, identity)
+    error = None
+    if jax.process_index() == 0:
+        try:
+            _claim(folder, identity)
+        except (ValueError, OSError) as e:
+            error = e
+    refused = bool(multihost_utils.broadcast_one_to_all(np.asarray(error is not None)))
+    if error is not None:
+        raise error
+    if refused:
+        raise ValueError(f"Process 0 refused the store {str(folder)!r} (its error says why).")
 
 
 def _claim(folder: pathlib.Path, identity: dict[str, Any]) -> None:

@@ -175,3 +175,77 @@ def test_static_groups_must_agree_on_output_shapes():
 
     with pytest.raises(ValueError, match="must not depend on the static axes"):
         fs.sweep(width_shaped, {"a": [1.0, 2.0], "width": [2, 3]}, static=["width"], progress=False)
+
+
+_TWO_PROCESSES = """
+import os, sys
+import jax, numpy as np
+jax.config.update("jax_enable_x64", True)
+try:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+except AttributeError:  # newer JAX: gloo is the CPU default
+    pass
+pid, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid)
+assert jax.process_count() == 2 and len(jax.devices()) == 4 and len(jax.local_devices()) == 2
+import flowsolve as fs
+sys.path.insert(0, sys.argv[4])
+from test_sweep import final_distance, AXES, ETA, H0
+computed = []
+ds = fs.sweep(final_distance, AXES, chunk_size=4, store=sys.argv[5], progress=False,
+              callback=lambda c, n: computed.append(c))
+try:
+    fs.sweep(final_distance, {"eta_h": ETA, "h0": H0[:2]}, chunk_size=4, store=sys.argv[5], progress=False)
+    refusal = ""
+except ValueError as e:
+    refusal = str(e)
+np.savez(f"{out}/p{pid}.npz", h=ds.h.values, h_inf=ds.h_inf.values, ok=ds.ok.values, finite=ds.finite.values,
+         computed=np.asarray(computed), refusal=np.asarray(refusal))
+"""
+
+
+def test_one_sweep_over_two_processes_resumes_a_store(tmp_path):
+    """Multi-host in miniature: two processes (`jax.distributed`, 2 host devices each) run one sweep
+    together over 4 devices, resuming a store that a single-process run left after its first chunk."""
+    import socket
+
+    def killed(chunk, n_chunks):
+        raise Killed
+
+    store = tmp_path / "store"
+    with pytest.raises(Killed):
+        fs.sweep(final_distance, AXES, chunk_size=4, store=store, progress=False, callback=killed)
+    assert [p.name for p in store.glob("chunk-*.nc")] == ["chunk-000000.nc"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "worker.py"
+    script.write_text(_TWO_PROCESSES)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    workers = [subprocess.Popen([sys.executable, str(script), str(i), str(port), str(tmp_path),
+                                 os.path.dirname(os.path.abspath(__file__)), str(store)],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for i in range(2)]
+    try:
+        logs = [w.communicate(timeout=300)[0] for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(logs)[-3000:]
+    fresh = fs.sweep(final_distance, AXES, chunk_size=4, progress=False)
+    for pid in range(2):
+        got = np.load(tmp_path / f"p{pid}.npz")
+        assert list(got["computed"]) == [1, 2]  # the stored chunk 0 was not recomputed, on either process
+        # Device count changes only the vectorisation: agreement to rounding (as with 4 devices in one process).
+        for k in ("h", "h_inf"):
+            np.testing.assert_allclose(got[k], fresh[k].values, rtol=1e-13, atol=1e-15)
+        for k in ("ok", "finite"):
+            np.testing.assert_array_equal(got[k], fresh[k].values)
+        # A store holding another sweep: process 0 finds it out, every process refuses.
+        assert ("holds a different sweep", "Process 0 refused the store")[pid] in str(got["refusal"])
+    assert sorted(p.name for p in store.glob("chunk-*.nc")) == [f"chunk-00000{c}.nc" for c in range(3)]
+    resumed = fs.sweep(final_distance, AXES, chunk_size=4, store=store, progress=False)
+    for k in ("h", "h_inf"):
+        np.testing.assert_allclose(resumed[k].values, fresh[k].values, rtol=1e-13, atol=1e-15)
