@@ -81,6 +81,32 @@ def _chebyshev(s: Array, w0: Array) -> tuple[Array, Array]:
     return d, dd
 
 
+class _HermiteInterpolation(diffrax.AbstractLocalInterpolation):
+    """Cubic Hermite interpolation on a step from its end points and the vector field there, built
+    lazily: diffrax makes one per step, and precomputing coefficients (as
+    `diffrax.ThirdOrderHermitePolynomialInterpolation` does) would write four state-sized arrays every
+    step whether or not anything is saved in it. Here a value costs one pass, only when asked for."""
+
+    t0: Array
+    t1: Array
+    y0: _Y
+    y1: _Y
+    f0: _Y
+    f1: _Y
+
+    def evaluate(self, t0, t1=None, left=True):
+        del left
+        if t1 is not None:
+            return jtu.tree_map(lambda a, b: a - b, self.evaluate(t1), self.evaluate(t0))
+        h = self.t1 - self.t0
+        theta = jnp.where(h == 0, 0, (t0 - self.t0) / jnp.where(h == 0, 1, h))
+        # y0 + θ(y1 − y0) + θ(θ − 1)[(1 − 2θ)(y1 − y0) + (θ − 1)h·f0 + θh·f1]
+        c_y1 = theta + theta * (theta - 1) * (1 - 2 * theta)
+        c_f0 = theta * (theta - 1) ** 2 * h
+        c_f1 = theta**2 * (theta - 1) * h
+        return _combine((1 - c_y1, self.y0), (c_y1, self.y1), (c_f0, self.f0), (c_f1, self.f1))
+
+
 class RKC(diffrax.AbstractAdaptiveSolver):
     """Second-order Runge–Kutta–Chebyshev method with damping, for stiff ODEs whose Jacobian has
     (nearly) real eigenvalues, such as gradient flows.
@@ -128,9 +154,7 @@ class RKC(diffrax.AbstractAdaptiveSolver):
     refresh_iterations: int = eqx.field(static=True, default=3)
 
     term_structure: ClassVar = diffrax.AbstractTerm
-    interpolation_cls: ClassVar[Callable[..., diffrax.ThirdOrderHermitePolynomialInterpolation]] = (
-        diffrax.ThirdOrderHermitePolynomialInterpolation
-    )
+    interpolation_cls: ClassVar[Callable[..., _HermiteInterpolation]] = _HermiteInterpolation
 
     def __check_init__(self):
         if not (isinstance(self.max_stages, int) and self.max_stages >= 2):
@@ -232,12 +256,11 @@ class RKC(diffrax.AbstractAdaptiveSolver):
         # A checkpointed while loop (Equinox's, as diffrax uses) so that reverse-mode derivatives work too.
         final = eqx.internal.while_loop(lambda c: (c[0] <= s) & ~too_stiff, stage, init,
                                         max_steps=self.max_stages, kind="checkpointed")
-        y_end = final[1]
-        y_end = jtu.tree_map(lambda a, b: jnp.where(too_stiff, a, b), y0, y_end)
+        y_end = final[1]  # when too stiff, y1 (the step is rejected: diffrax keeps y0)
         f1 = lax.cond(too_stiff, lambda: f0, lambda: terms.vf(t1, y_end, args))
         y_error = _combine((0.8, y0), (-0.8, y_end), (0.4 * h, f0), (0.4 * h, f1))
         y_error = jtu.tree_map(lambda e: jnp.where(too_stiff, jnp.inf, e), y_error)
-        dense_info = dict(y0=y0, y1=y_end, k0=jtu.tree_map(lambda f: h * f, f0), k1=jtu.tree_map(lambda f: h * f, f1))
+        dense_info = dict(y0=y0, y1=y_end, f0=f0, f1=f1)
         new_state = _RKCState(f1, direction, rho, state.steps + 1, state.evaluations + s + power_evals,
                               state.stage_evaluations + s)
         return y_end, y_error, dense_info, new_state, diffrax.RESULTS.successful

@@ -99,6 +99,28 @@ def test_gradient_flow_with_rkc_matches_linear_regression_closed_form():
     assert evals >= 2 * int(sol.stats["num_accepted_steps"]) + 1 + 20
 
 
+def test_dense_output_is_the_cubic_hermite_interpolant():
+    """RKC's lazily evaluated dense output equals diffrax's cubic Hermite interpolation (which
+    precomputes its coefficients) to rounding, on a pytree state, for points and for increments."""
+    from flowsolve._rkc import _HermiteInterpolation
+
+    keys = jax.random.split(jax.random.key(3), 4)
+    y0, y1, f0, f1 = ({"a": jax.random.normal(k, (3, 2)), "b": jax.random.normal(k, (4,)) ** 2} for k in keys)
+    t0, t1 = jnp.asarray(0.3), jnp.asarray(1.1)
+    ours = _HermiteInterpolation(t0=t0, t1=t1, y0=y0, y1=y1, f0=f0, f1=f1)
+    k0, k1 = (jax.tree.map(lambda f: (t1 - t0) * f, f) for f in (f0, f1))
+    theirs = diffrax.ThirdOrderHermitePolynomialInterpolation(t0=t0, t1=t1, y0=y0, y1=y1, k0=k0, k1=k1)
+    for t in (0.3, 0.45, 0.7, 1.1):
+        for a, b in zip(jax.tree.leaves(ours.evaluate(t)), jax.tree.leaves(theirs.evaluate(t))):
+            np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-14)
+    # (diffrax's own increment form does not take dict states: `evaluate(t1) - evaluate(t0)` on dicts)
+    increment = jax.tree.map(lambda a, b: a - b, theirs.evaluate(0.9), theirs.evaluate(0.4))
+    for a, b in zip(jax.tree.leaves(ours.evaluate(0.4, 0.9)), jax.tree.leaves(increment)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    for a, b in zip(jax.tree.leaves(ours.evaluate(t1)), jax.tree.leaves(y1)):  # the end points exactly
+        np.testing.assert_allclose(a, b, rtol=1e-15, atol=0)
+
+
 def test_gradient_evaluations_are_counted():
     # The solver counts its own evaluations (stages, end point, power iterations); check it against
     # a counter in the vector field on a run without rejected steps.
