@@ -1,5 +1,6 @@
 """The exact gradient flow dθ/dt = −∇L(θ) of Equinox networks, and its discrete counterpart."""
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -91,6 +92,25 @@ class _DictObserver(eqx.Module):
         return {name: fn(model, inputs, targets) for name, fn in self.fns.items()}
 
 
+def _output_shapes(model, x):
+    """`model(x)`'s output shapes, traced once per model structure and input shape (tracing a deep
+    model takes 10–20 ms, most of a short flow's fixed cost per call)."""
+    arrays, static = eqx.partition(model, eqx.is_array)
+    structs = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), arrays)
+    x_struct = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    try:
+        leaves, treedef = jax.tree_util.tree_flatten(structs)
+        return _output_shapes_cached(static, tuple(leaves), treedef, x_struct)
+    except TypeError:  # an unhashable static part: trace it every time
+        return eqx.filter_eval_shape(model, x)
+
+
+@functools.lru_cache(maxsize=64)
+def _output_shapes_cached(static, leaves, treedef, x_struct):
+    arrays = jax.tree_util.tree_unflatten(treedef, leaves)
+    return eqx.filter_eval_shape(lambda a, x: eqx.combine(a, static)(x), arrays, x_struct)
+
+
 def _prepare(model, inputs, targets, observe, layer, loss) -> tuple[Array, Array, Observer, Loss]:
     """Validate at the boundary; return arrays, the observer and the loss."""
     if not isinstance(model, eqx.Module):
@@ -118,7 +138,7 @@ def _prepare(model, inputs, targets, observe, layer, loss) -> tuple[Array, Array
         if value is not None and not np.all(np.isfinite(value)):
             raise ValueError(f"`{name}` must be finite.")
     try:
-        out = eqx.filter_eval_shape(model, inputs[0])
+        out = _output_shapes(model, inputs[0])
     except Exception as e:  # the model's own error, e.g. a shape mismatch
         raise ValueError(f"`inputs` of shape {inputs.shape[1:]} per point do not fit the model: {e}") from e
     if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], tuple)):

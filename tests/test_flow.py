@@ -247,6 +247,40 @@ def test_bad_flow_inputs(call, match):
         call(model, x, y)
 
 
+class ScaledByList(eqx.Module):
+    """A model with an unhashable static field: its output shapes cannot be cached."""
+
+    weight: jax.Array
+    scales: list = eqx.field(static=True)
+
+    def __call__(self, x):
+        return self.weight * x * self.scales[0], ()
+
+
+def test_output_shape_check_is_cached_by_structure_and_still_checks():
+    from flowsolve._flow import _output_shapes_cached
+
+    model, x, y = _smooth_setup()
+    fs.gradient_flow(model, x, y, 0.01)
+    before = _output_shapes_cached.cache_info()
+    other = models.MLP(1, 1, 8, 2, "tanh", gain=1.0, key=jax.random.key(7))  # same structure, new values
+    fs.gradient_flow(other, x, y, 0.01)
+    after = _output_shapes_cached.cache_info()
+    assert after.hits == before.hits + 1 and after.currsize == before.currsize
+    # A different width is a different structure: checked afresh, its wrong targets still caught.
+    wide = models.MLP(1, 1, 5, 2, activation="tanh", key=jax.random.key(7))
+    with pytest.raises(ValueError, match="output has shape"):
+        fs.gradient_flow(wide, x, jnp.ones((2, 2)), 0.01)
+    with pytest.raises(ValueError, match="do not fit the model"):  # twice: errors are never cached
+        fs.gradient_flow(other, jnp.ones((2, 3)), y, 0.01)
+    with pytest.raises(ValueError, match="do not fit the model"):
+        fs.gradient_flow(other, jnp.ones((2, 3)), y, 0.01)
+    # An unhashable static part: traced each time, same answer.
+    odd = ScaledByList(jnp.ones(1), [2.0])
+    sol = fs.gradient_flow(odd, x, 2.0 * x, 1.0, ts=[0.0, 1.0])
+    assert sol.result == RESULTS.successful
+
+
 def test_experiments_table():
     for name, row in fs.experiments.SETTINGS.items():
         exp = fs.experiments.two_points(name, key=jax.random.key(0), width=12, depth=min(row.depth, 3))
