@@ -73,11 +73,12 @@ def sweep(
     same call; each chunk is sharded over the devices of all of them, its outputs gathered onto every
     process, and every process returns the whole dataset. Process 0 alone writes the store, which must
     then be on a filesystem they all see; the chunks it holds decide, for every process, what is
-    skipped on resuming.
+    skipped on resuming (a process that cannot read them stops every process with an error).
 
     **Raises:** `ValueError` for an empty, non-1-d or non-finite axis, `fn` asking for an axis that is
     not given, a `static` name that is not an axis, outputs whose shapes differ between groups, a
-    `memory_budget` too small for one point, or a store holding a different sweep.
+    `memory_budget` too small for one point, a store holding a different sweep, or (several
+    processes) a store whose finished chunks some process cannot see.
 
     !!! example
 
@@ -163,6 +164,14 @@ def sweep(
     done = np.array([[folder is not None and (folder / t).exists() for t in row] for row in tags], dtype=bool)
     if multihost:  # every process must take part in the same chunks: process 0's store decides
         done = np.asarray(multihost_utils.broadcast_one_to_all(done), dtype=bool)
+        # ... and every process must be able to read those chunks, or all stop here together.
+        visible = all((folder / tags[g][c]).exists() for g, c in zip(*np.nonzero(done)))
+        blind = np.flatnonzero(~np.asarray(multihost_utils.process_allgather(np.asarray(visible)), dtype=bool))
+        if blind.size:
+            raise ValueError(
+                f"The store {str(folder)!r} holds finished chunks that process(es) {blind.tolist()} cannot see: "
+                "with several processes the store must be on a filesystem they all see."
+            )
 
     bar = _progress_bar(n * len(groups), name) if progress and lead else None
     total_chunks = n_chunks * len(groups)

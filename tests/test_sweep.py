@@ -199,8 +199,14 @@ try:
     refusal = ""
 except ValueError as e:
     refusal = str(e)
+# A store that only process 0 sees (process 1 is given an empty folder): every process stops, saying why.
+try:
+    fs.sweep(final_distance, AXES, chunk_size=4, store=sys.argv[5] if pid == 0 else f"{out}/elsewhere", progress=False)
+    unseen = ""
+except ValueError as e:
+    unseen = str(e)
 np.savez(f"{out}/p{pid}.npz", h=ds.h.values, h_inf=ds.h_inf.values, ok=ds.ok.values, finite=ds.finite.values,
-         computed=np.asarray(computed), refusal=np.asarray(refusal))
+         computed=np.asarray(computed), refusal=np.asarray(refusal), unseen=np.asarray(unseen))
 """
 
 
@@ -245,6 +251,7 @@ def test_one_sweep_over_two_processes_resumes_a_store(tmp_path):
             np.testing.assert_array_equal(got[k], fresh[k].values)
         # A store holding another sweep: process 0 finds it out, every process refuses.
         assert ("holds a different sweep", "Process 0 refused the store")[pid] in str(got["refusal"])
+        assert "process(es) [1] cannot see" in str(got["unseen"])
     assert sorted(p.name for p in store.glob("chunk-*.nc")) == [f"chunk-00000{c}.nc" for c in range(3)]
     resumed = fs.sweep(final_distance, AXES, chunk_size=4, store=store, progress=False)
     for k in ("h", "h_inf"):
