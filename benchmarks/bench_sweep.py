@@ -9,7 +9,8 @@
    64 calls of one jitted flow (the same function), same run.
 3. The default network's gradient (width 500, depth 20, float32): achieved bytes/s against this
    machine's copy bandwidth measured in the same run (numpy's copy, and XLA's own in-place streaming),
-   for one jitted gradient call and for a GD step inside a compiled loop (how flows run it).
+   for one jitted gradient call and for a GD step inside a compiled loop (how flows run it); the same
+   with the loss applying the model to each point separately instead of vmapping it.
 
     python benchmarks/bench_sweep.py                    # a few minutes on a laptop CPU
     python benchmarks/bench_sweep.py --bandwidth-only   # part 3 only
@@ -120,9 +121,24 @@ def bandwidth():
     # As flows and GD run it: one GD step per iteration of a compiled loop (buffers reused, no
     # allocation per call), 50 steps.
     steps = 50
-    descent = jax.jit(lambda p: jax.lax.fori_loop(
-        0, steps, lambda i, q: jax.tree_util.tree_map(lambda a, g: a - 1e-6 * g, q, jax.grad(loss)(q)), p))
-    step_s = best_of(lambda: descent(params), 5) / steps
+
+    def gd_step_s(loss):
+        descent = jax.jit(lambda p: jax.lax.fori_loop(
+            0, steps, lambda i, q: jax.tree_util.tree_map(lambda a, g: a - 1e-6 * g, q, jax.grad(loss)(q)), p))
+        return best_of(lambda: descent(params), 5) / steps
+
+    step_s = gd_step_s(loss)
+    # The same loss with the model applied to each point separately (a Python loop, not vmap): every
+    # layer a matrix-vector product and the weight gradient a fused sum of outer products, which XLA's
+    # CPU backend streams faster than its two-column matrix products; not flowsolve's default (it
+    # costs about 1 s more compilation per gradient traced, and a flow traces several).
+    def per_point_loss(p):
+        model = eqx.combine(p, static)
+        return 0.5 * sum(jnp.sum((model(x)[0] - y) ** 2) for x, y in zip(x32, y32)) / x32.shape[0]
+
+    per_point_grad = jax.jit(jax.grad(per_point_loss))
+    per_point_s = best_of(lambda: per_point_grad(params), 50)
+    per_point_step_s = gd_step_s(per_point_loss)
     big = np.ones(weight_bytes // 4 * 8, np.float32)  # 8× the weights, past the caches
     out = np.empty_like(big)
     copy_s = best_of(lambda: np.copyto(out, big), 10)
@@ -144,6 +160,10 @@ def bandwidth():
     print(f"| XLA's own streaming (in-place scaling of {big.nbytes / 1e6:.0f} MB in a compiled loop) | "
           f"{xla_bw / 1e9:.1f} GB/s |")
     print(f"| GD step in the loop / the larger of the two bandwidths | {moved / step_s / max(copy_bw, xla_bw):.0%} |")
+    print(f"| one gradient, model applied point by point (best of 50) | {per_point_s * 1e3:.2f} ms, "
+          f"{moved / per_point_s / 1e9:.1f} GB/s, {moved / per_point_s / copy_bw:.0%} of the copy bandwidth |")
+    print(f"| GD step in the loop, point by point | {per_point_step_s * 1e3:.2f} ms, "
+          f"{moved / per_point_step_s / max(copy_bw, xla_bw):.0%} of the larger bandwidth |")
     print(f"| the forward pass alone (weights read once) | {forward_s * 1e3:.2f} ms, "
           f"{weight_bytes / forward_s / 1e9:.1f} GB/s |")
     print(f"| the {len(hidden)} weight-gradient products alone ((500 × 2)·(2 × 500) dots, written once) | "

@@ -269,9 +269,7 @@ class RKC(diffrax.AbstractAdaptiveSolver):
         y_end = final[1]  # when too stiff, y1 (the step is rejected: diffrax keeps y0)
         f1 = lax.cond(too_stiff, lambda: f0, lambda: terms.vf(t1, y_end, args))
         y_error = _combine((0.8, y0), (-0.8, y_end), (0.4 * h, f0), (0.4 * h, f1))
-        # + ∞ rejects a too-stiff step; a scalar added in the same pass, not a state-sized select.
-        reject = jnp.where(too_stiff, jnp.inf, 0.0)
-        y_error = jtu.tree_map(lambda e: e + reject.astype(e.dtype), y_error)
+        y_error = jtu.tree_map(lambda e: jnp.where(too_stiff, jnp.inf, e), y_error)
         dense_info = dict(y0=y0, y1=y_end, f0=f0, f1=f1)
         new_state = _RKCState(f1, direction, rho, state.steps + 1, state.evaluations + s + power_evals,
                               state.stage_evaluations + s)
