@@ -63,7 +63,8 @@ def sweep(
     - `name`: the sweep's name, part of the store's identity.
     - `progress`: a progress bar over points (tqdm) with points/s and the time left.
     - `callback`: called as `callback(chunk_index, n_chunks)` after each chunk is computed and stored
-      (chunks are numbered across all groups), on every process.
+      (chunks are numbered across all groups), on every process. If it raises, the sweep stops with that
+      error (with several processes, every process stops: the others with a `RuntimeError` naming it).
 
     **Returns:** an `xarray.Dataset` with dimensions the axes (coordinates their values) followed by
     each output's own dimensions, plus `finite`: whether every output of a point is finite. A point that
@@ -78,7 +79,8 @@ def sweep(
     **Raises:** `ValueError` for an empty, non-1-d or non-finite axis, `fn` asking for an axis that is
     not given, a `static` name that is not an axis, outputs whose shapes differ between groups, a
     `memory_budget` too small for one point, a store holding a different sweep, or (several
-    processes) a store whose finished chunks some process cannot see.
+    processes) a store whose finished chunks some process cannot see; `RuntimeError` (several processes)
+    when writing a chunk or `callback` failed on another process.
 
     !!! example
 
@@ -189,11 +191,19 @@ def sweep(
                 inputs = {k: _global_batch(v[idx], sharding) for k, v in points.items()}
                 out = jax.device_get(compiled(inputs))
                 out = {k: np.asarray(out[k])[: hi - lo] for k in out_struct}
-                if lead:
-                    _write_chunk(file, out, out_dims)
-                chunks.append(out)
-                if callback is not None:
-                    callback(g * n_chunks + c, total_chunks)
+                failure = None
+                try:  # the host's part: writing the chunk, the user's callback
+                    if lead:
+                        _write_chunk(file, out, out_dims)
+                    chunks.append(out)
+                    if callback is not None:
+                        callback(g * n_chunks + c, total_chunks)
+                except Exception as e:
+                    failure = e
+                if multihost:  # before the next chunk's collectives: stop together, or not at all
+                    _stop_together(failure, g * n_chunks + c)
+                elif failure is not None:
+                    raise failure
             if bar is not None:
                 bar.update(hi - lo)
         group_outputs.append({k: np.concatenate([ch[k] for ch in chunks]) for k in out_struct})
@@ -309,6 +319,20 @@ def _check_axes(axes, static=()) -> tuple[list[str], list[np.ndarray]]:
         names.append(k)
         values.append(arr)
     return names, values
+
+
+def _stop_together(failure: Exception | None, chunk: int) -> None:
+    """Several processes: if writing a chunk or the callback failed on any of them, every process
+    raises here (the failing ones their own error), rather than the others waiting forever in the next
+    chunk's collectives for a process that has left."""
+    failed = np.flatnonzero(np.asarray(multihost_utils.process_allgather(np.asarray(failure is not None))))
+    if failure is not None:
+        raise failure
+    if failed.size:
+        raise RuntimeError(
+            f"Process(es) {failed.tolist()} failed after chunk {chunk} (writing it or in `callback`); every "
+            "process stops here. The chunks stored so far are kept: the same call resumes from them."
+        )
 
 
 def _claim_everywhere(folder: pathlib.Path, identity: dict[str, Any]) -> None:

@@ -205,14 +205,26 @@ try:
     unseen = ""
 except ValueError as e:
     unseen = str(e)
+# The callback fails on process 1 after the first chunk: every process stops (none left waiting in the
+# next chunk's collectives), and the chunk is kept.
+def fails_on_1(chunk, n_chunks):
+    if pid == 1:
+        raise OSError("callback failed on process 1")
+try:
+    fs.sweep(final_distance, AXES, chunk_size=4, store=f"{out}/third", progress=False, callback=fails_on_1)
+    stopped = ""
+except (OSError, RuntimeError) as e:
+    stopped = f"{type(e).__name__}: {e}"
 np.savez(f"{out}/p{pid}.npz", h=ds.h.values, h_inf=ds.h_inf.values, ok=ds.ok.values, finite=ds.finite.values,
-         computed=np.asarray(computed), refusal=np.asarray(refusal), unseen=np.asarray(unseen))
+         computed=np.asarray(computed), refusal=np.asarray(refusal), unseen=np.asarray(unseen),
+         stopped=np.asarray(stopped))
 """
 
 
 def test_one_sweep_over_two_processes_resumes_a_store(tmp_path):
     """Multi-host in miniature: two processes (`jax.distributed`, 2 host devices each) run one sweep
-    together over 4 devices, resuming a store that a single-process run left after its first chunk."""
+    together over 4 devices, resuming a store that a single-process run left after its first chunk;
+    a store some process cannot see, and a callback failing on one process, stop every process."""
     import socket
 
     def killed(chunk, n_chunks):
@@ -252,6 +264,10 @@ def test_one_sweep_over_two_processes_resumes_a_store(tmp_path):
         # A store holding another sweep: process 0 finds it out, every process refuses.
         assert ("holds a different sweep", "Process 0 refused the store")[pid] in str(got["refusal"])
         assert "process(es) [1] cannot see" in str(got["unseen"])
+        # A callback failing on process 1 only: process 1 raises its error, process 0 says who failed.
+        expected = ("RuntimeError: Process(es) [1] failed after chunk 0", "OSError: callback failed on process 1")
+        assert str(got["stopped"]).startswith(expected[pid]), str(got["stopped"])
+    assert [p.name for p in (tmp_path / "third").glob("chunk-*.nc")] == ["chunk-000000.nc"]
     assert sorted(p.name for p in store.glob("chunk-*.nc")) == [f"chunk-00000{c}.nc" for c in range(3)]
     resumed = fs.sweep(final_distance, AXES, chunk_size=4, store=store, progress=False)
     for k in ("h", "h_inf"):
