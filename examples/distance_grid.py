@@ -71,7 +71,8 @@ def main():
     ts, point = make_point(args.width, args.depth, args.rtol, 121)
     ds = fs.sweep(point, {"seed": [args.seed], "dx2": DX2, "dy2": DY2}, chunk_size=args.chunk,
                   dims={k: ["time"] for k in ("h", "y", "w", "loss")}, coords={"time": np.asarray(ts)},
-                  store=out / "sweep", name=f"distance_grid-w{args.width}-d{args.depth}-rtol{args.rtol}")
+                  store=out / "sweep", name="distance_grid",
+                  config={"width": args.width, "depth": args.depth, "rtol": args.rtol})
     ds = ds.isel(seed=0)
     ok = ds.ok.values & ds.finite.values
     gx, gy = np.meshgrid(DX2, DY2, indexing="ij")

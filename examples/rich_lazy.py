@@ -86,7 +86,8 @@ def main():
 
     ds = fs.sweep(make_point(args.width, args.depth, args.rtol), {"gain": gains, "seed": np.arange(args.seeds)},
                   chunk_size=args.chunk, dims={k: ["sample"] for k in ("h", "y", "w", "loss")},
-                  store=out / "sweep", name=f"rich_lazy-w{args.width}-d{args.depth}-rtol{args.rtol}")
+                  store=out / "sweep", name="rich_lazy",
+                  config={"width": args.width, "depth": args.depth, "rtol": args.rtol})
     h, y, w, loss = (ds[k].values for k in ("h", "y", "w", "loss"))
     ok = ds.ok.values & ds.finite.values
     ts = np.linspace(0.0, 1.0, N_TIMES) * ds.t1.values[..., None]

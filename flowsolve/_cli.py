@@ -375,16 +375,20 @@ def sweep_command(
 
         ts = np.linspace(0.0, float(t1), samples)
         static: list[str] = []
+        settings: dict[str, Any] = {"kind": kind, "t1": float(t1), "samples": samples, "base": base}
         if kind == "theory":
             fn = _theory_point(base, ts)
         else:
             setting = cfg.get("setting", "default")
             _experiment(setting, 0, base.get("width"), base.get("depth"), None)  # validates the names
             static = [k for k in FLOW_STATIC if k in axes]
-            fn = _flow_point(setting, base, ts, float(cfg.get("rtol", 1e-5)))
+            rtol = float(cfg.get("rtol", 1e-5))
+            fn = _flow_point(setting, base, ts, rtol)
+            settings.update(setting=setting, rtol=rtol)
         name = cfg.get("name", config.stem)
+        # `settings` makes the store refuse a rerun whose file changed t1, rtol, the setting or `base`.
         ds = sweep(fn, axes, static=static, dims={k: ["time"] for k in ("h", "y", "w", "loss")},
-                   coords={"time": ts}, chunk_size=chunk_size, store=folder / "store", name=name)
+                   coords={"time": ts}, chunk_size=chunk_size, store=folder / "store", name=name, config=settings)
         ds.to_netcdf(folder / "sweep.nc", engine="h5netcdf")
         ok = ds.ok.values & ds.finite.values
         lines = [f"sweep {name!r} ({kind}): {ok.size} points over " + ", ".join(f"{k} ({len(v)})" for k, v in
@@ -450,20 +454,47 @@ def _flow_point(setting: str, base: dict[str, Any], ts, rtol: float):
 
 
 def _sweep_figure(ds, axes: list[str]):
+    """Final h against the first axis, one labelled line per combination of the others (at most 12);
+    failed points (not ok, or not finite) marked with a red cross at their last finite value."""
+    import itertools
+
     import matplotlib.pyplot as plt
     import numpy as np
 
     first, rest = axes[0], axes[1:]
-    final = ds.h.isel(time=-1).transpose(first, *rest).values.reshape(len(ds[first]), -1)
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    order = (first, *rest)
+    final = ds.h.isel(time=-1).transpose(*order).values.reshape(len(ds[first]), -1)
+    failed = ~(ds.ok.values & ds.finite.values)
+    failed = np.transpose(failed, [axes.index(k) for k in order]).reshape(final.shape)
+    labels = [", ".join(f"{k}={v}" for k, v in zip(rest, combo))
+              for combo in itertools.product(*[ds[k].values.tolist() for k in rest])] or [None]
+    shown = min(final.shape[1], 12)
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
     x = ds[first].values
-    for j in range(min(final.shape[1], 12)):
-        ax.plot(x, final[:, j], "o-", ms=3)
-    ax.set(xlabel=first, ylabel="final h = ‖dh‖²", title=f"{ds.attrs.get('name', 'sweep')}"
-           + (f" (one line per {', '.join(rest)})" if rest else ""))
+    for j in range(shown):
+        ax.plot(x, final[:, j], "o-", ms=3, label=labels[j])
+    bad_x, bad_h = np.nonzero(failed[:, :shown])
+    if bad_x.size:
+        last = np.array([_last_finite(ds.h, order, i, j) for i, j in zip(bad_x, bad_h)])
+        ax.plot(x[bad_x], last, "x", color="red", ms=7, mew=2, label=f"failed ({int(failed.sum())} points)")
+    title = f"{ds.attrs.get('name', 'sweep')}"
+    if rest and shown < final.shape[1]:
+        title += f" (first {shown} of {final.shape[1]} lines)"
+    ax.set(xlabel=first, ylabel="final h = ‖dh‖²", title=title)
+    if rest or bad_x.size:
+        ax.legend(fontsize=7, ncol=2 if shown > 6 else 1)
     if np.issubdtype(np.asarray(x).dtype, np.number) and np.all(np.asarray(x) > 0) and x.max() / x.min() > 50:
         ax.set_xscale("log")
     return fig
+
+
+def _last_finite(h, order, i: int, j: int) -> float:
+    """The last finite value of the trajectory h at (first axis i, flattened other axes j); nan if none."""
+    import numpy as np
+
+    traj = h.transpose(*order, "time").values.reshape(h.sizes[order[0]], -1, h.sizes["time"])[i, j]
+    ok = np.isfinite(traj)
+    return float(traj[ok][-1]) if ok.any() else float("nan")
 
 
 EXAMPLES = {

@@ -30,6 +30,7 @@ def sweep(
     memory_budget: int = 2**30,
     store: str | os.PathLike | None = None,
     name: str = "sweep",
+    config: Mapping[str, Any] | None = None,
     progress: bool = True,
     callback: Callable[[int, int], None] | None = None,
 ):
@@ -58,9 +59,14 @@ def sweep(
       (at most 4 096). Rounded up to a multiple of the device count (of all processes).
     - `store`: a directory; each finished chunk is written there at once (netCDF), and a sweep run
       again with the same store skips the chunks already there (an interrupted sweep resumes; the
-      result is identical). A store written by a different sweep (name, axes, outputs, chunk size) is
-      refused.
+      result is identical). A store written by a different sweep (name, axes, outputs, chunk size,
+      `coords`, `config`) is refused.
     - `name`: the sweep's name, part of the store's identity.
+    - `config`: the fixed settings `fn` closes over (t1, rtol, the network's setting, …), as a
+      JSON-serialisable mapping. The store cannot see inside `fn`: name here everything that changes
+      its results, so that resuming with other settings is refused instead of mixing old chunks
+      into the new sweep. Kept in the dataset's attributes (`json.loads(ds.attrs["config"])`; its
+      numbers and strings also one by one).
     - `progress`: a progress bar over points (tqdm) with points/s and the time left.
     - `callback`: called as `callback(chunk_index, n_chunks)` after each chunk is computed and stored
       (chunks are numbered across all groups), on every process. If it raises, the sweep stops with that
@@ -96,6 +102,7 @@ def sweep(
     """
     import xarray as xr
 
+    config_json = _config_json(config)
     static = tuple(static)
     for k in static:
         if not isinstance(axes, Mapping) or k not in axes:
@@ -151,6 +158,10 @@ def sweep(
         }
         if static:
             identity["static"] = list(static)
+        if coords:
+            identity["coords"] = {k: np.asarray(v).tolist() for k, v in coords.items()}
+        if config_json is not None:
+            identity["config"] = json.loads(config_json)
         _claim_everywhere(folder, identity)
 
     multihost = jax.process_count() > 1
@@ -227,7 +238,35 @@ def sweep(
     data["finite"] = (names, finite)
     all_coords = {k: v for k, v in zip(names, values)}
     all_coords.update({k: np.asarray(v) for k, v in (coords or {}).items()})
-    return xr.Dataset(data, coords=all_coords, attrs={"name": name})
+    attrs: dict[str, Any] = {"name": name}
+    if config_json is not None:
+        attrs["config"] = config_json
+        for k, v in json.loads(config_json).items():  # the plain values also one by one (netCDF attributes)
+            if k not in attrs and isinstance(v, (int, float, str)) and not isinstance(v, bool):
+                attrs[k] = v
+    return xr.Dataset(data, coords=all_coords, attrs=attrs)
+
+
+def _config_json(config: Mapping[str, Any] | None) -> str | None:
+    """`config` as canonical JSON (numpy and JAX scalars and arrays as numbers and lists)."""
+    if config is None:
+        return None
+    if not isinstance(config, Mapping):
+        raise ValueError(f"`config` must be a mapping of names to settings, got {type(config).__name__}.")
+
+    def plain(v):
+        if isinstance(v, (np.ndarray, np.generic, jax.Array)):
+            return np.asarray(v).tolist()
+        if isinstance(v, os.PathLike):
+            return os.fspath(v)
+        raise TypeError(type(v).__name__)
+
+    try:
+        return json.dumps({str(k): v for k, v in config.items()}, sort_keys=True, default=plain, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"`config` must hold only JSON values (numbers, strings, booleans, lists, dicts, arrays): {e}."
+        ) from None
 
 
 def _global_batch(local: np.ndarray, sharding: jax.sharding.Sharding) -> Array:
@@ -360,7 +399,13 @@ def _claim(folder: pathlib.Path, identity: dict[str, Any]) -> None:
     if manifest.exists():
         held = json.loads(manifest.read_text())
         if json.dumps(held, sort_keys=True) != text:
-            diff = [k for k in identity if held.get(k) != identity[k]]
+            diff = []
+            for k in sorted(set(identity) | set(held)):
+                mine, theirs = identity.get(k), held.get(k)
+                if isinstance(mine, dict) and isinstance(theirs, dict):  # say which entry (e.g. config.t1)
+                    diff += [f"{k}.{e}" for e in sorted(set(mine) | set(theirs)) if mine.get(e) != theirs.get(e)]
+                elif mine != theirs:
+                    diff.append(k)
             raise ValueError(
                 f"The store {str(folder)!r} holds a different sweep (differs in: {', '.join(diff)}); "
                 "use another store, or delete it to start over."

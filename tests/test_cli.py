@@ -65,8 +65,37 @@ def test_sweep_command_resumes(tmp_path):
 
     with xr.open_dataset(tmp_path / "out" / "sweep.nc", engine="h5netcdf") as ds:
         assert ds.h.dims == ("eta_h", "h0", "time") and ds.h.shape == (2, 3, 11)
+        assert ds.attrs["t1"] == 50.0 and ds.attrs["kind"] == "theory" and '"dy2": 0.5' in ds.attrs["config"]
     again = cli("sweep", config, "--out", tmp_path / "out")
     assert again.returncode == 0 and "6/6" in again.stdout
+    # The same folder with another t1 (same number of samples, same axes): refused, not mixed in.
+    config.write_text(config.read_text().replace("t1 = 50.0", "t1 = 60.0"))
+    changed = cli("sweep", config, "--out", tmp_path / "out")
+    assert changed.returncode == 2 and "holds a different sweep" in changed.stderr
+    assert "config.t1" in changed.stderr and "coords.time" in changed.stderr
+
+
+def test_sweep_figure_labels_lines_and_marks_failures():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import xarray as xr
+
+    from flowsolve._cli import _sweep_figure
+
+    h = np.ones((3, 2, 2, 4))
+    h[1, 0, 1, 2:] = np.nan  # one point fails half-way: marked at its last finite value
+    ok = np.isfinite(h).all(-1)
+    ds = xr.Dataset({"h": (("seed", "width", "gain", "time"), h), "ok": (("seed", "width", "gain"), ok),
+                     "finite": (("seed", "width", "gain"), ok)},
+                    coords={"seed": [0, 1, 2], "width": [8, 16], "gain": [0.5, 1.0], "time": np.arange(4.0)},
+                    attrs={"name": "s"})
+    ax = _sweep_figure(ds, ["seed", "width", "gain"]).axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["width=8, gain=0.5", "width=8, gain=1.0", "width=16, gain=0.5", "width=16, gain=1.0",
+                      "failed (1 points)"]
+    cross = ax.get_lines()[-1]
+    assert list(cross.get_xdata()) == [1] and list(cross.get_ydata()) == [1.0]
 
 
 @pytest.mark.slow

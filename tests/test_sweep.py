@@ -73,6 +73,39 @@ def test_resume_after_interruption(tmp_path):
         fs.sweep(final_distance, {"eta_h": ETA, "h0": H0[:2]}, chunk_size=3, store=store, progress=False)
 
 
+def test_store_refuses_other_settings_and_keeps_the_config(tmp_path):
+    """The store cannot see inside `fn`: what it closes over is named in `config` (and the outputs'
+    coordinates are compared too), so a rerun with another t1 or rtol is refused, not mixed in."""
+    store = tmp_path / "store"
+    config = {"t1": 40.0, "rtol": np.float64(1e-8), "setting": "reference", "base": {"dy2": 0.5}, "ok": True}
+    ds = fs.sweep(final_distance, AXES, dims={"h": ["time"]}, coords={"time": TS}, chunk_size=4, store=store,
+                  config=config, progress=False)
+    import json
+
+    assert json.loads(ds.attrs["config"]) == {**config, "rtol": 1e-8}
+    assert ds.attrs["t1"] == 40.0 and ds.attrs["setting"] == "reference" and "ok" not in ds.attrs
+    again = fs.sweep(final_distance, AXES, dims={"h": ["time"]}, coords={"time": TS}, chunk_size=4, store=store,
+                     config=dict(config), progress=False, callback=lambda c, n: pytest.fail("recomputed"))
+    assert again.attrs == ds.attrs
+    np.testing.assert_array_equal(again.h.values, ds.h.values)
+    with pytest.raises(ValueError, match=r"differs in: config\.base, config\.t1\)"):
+        fs.sweep(final_distance, AXES, dims={"h": ["time"]}, coords={"time": TS}, chunk_size=4, store=store,
+                 config={**config, "t1": 50.0, "base": {}}, progress=False)
+    with pytest.raises(ValueError, match=r"differs in: coords\.time\)"):
+        fs.sweep(final_distance, AXES, dims={"h": ["time"]}, coords={"time": TS * 1.25}, chunk_size=4,
+                 store=store, config=config, progress=False)
+    with pytest.raises(ValueError, match=r"`config` must hold only JSON values.*object"):
+        fs.sweep(final_distance, AXES, config={"fn": object()}, progress=False)
+    with pytest.raises(ValueError, match="`config` must be a mapping"):
+        fs.sweep(final_distance, AXES, config=[("t1", 40.0)], progress=False)
+    # The written dataset keeps the settings (netCDF attributes).
+    ds.to_netcdf(tmp_path / "out.nc", engine="h5netcdf")
+    import xarray as xr
+
+    with xr.open_dataset(tmp_path / "out.nc", engine="h5netcdf") as read:
+        assert json.loads(read.attrs["config"]) == json.loads(ds.attrs["config"]) and read.attrs["t1"] == 40.0
+
+
 def test_a_failing_point_is_flagged_and_the_rest_go_on():
     def fragile(p):
         theory = fs.EffectiveTheory(1.0, 1.0, 1.0, 0.5)
