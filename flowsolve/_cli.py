@@ -65,6 +65,9 @@ def _errors():
     except RuntimeError as e:  # a solver failure, reported by the library with the time reached
         typer.echo(f"error: {' '.join(str(e).split())}", err=True)
         raise typer.Exit(code=1)
+    except KeyboardInterrupt as e:  # Ctrl-C; a sweep says what it kept and how to resume
+        typer.echo(f"interrupted{': ' + str(e) if str(e) else ''}", err=True)
+        raise typer.Exit(code=130)
 
 
 def _folder(out: pathlib.Path) -> pathlib.Path:

@@ -1,11 +1,15 @@
 """Sweeps: one compiled, batched computation over the product of axes, chunked, sharded, resumable."""
 
+import contextlib
 import functools
 import itertools
 import json
 import math
 import os
 import pathlib
+import signal
+import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -71,6 +75,10 @@ def sweep(
     - `callback`: called as `callback(chunk_index, n_chunks)` after each chunk is computed and stored
       (chunks are numbered across all groups), on every process. If it raises, the sweep stops with that
       error (with several processes, every process stops: the others with a `RuntimeError` naming it).
+
+    Ctrl-C (in the main thread, with Python's own handler in place): the running chunk finishes and
+    is stored, then the sweep raises `KeyboardInterrupt` saying how many chunks are kept; a second
+    Ctrl-C stops at once.
 
     **Returns:** an `xarray.Dataset` with dimensions the axes (coordinates their values) followed by
     each output's own dimensions, plus `finite`: whether every output of a point is finite. A point that
@@ -186,40 +194,47 @@ def sweep(
                 "with several processes the store must be on a filesystem they all see."
             )
 
-    bar = _progress_bar(n * len(groups), name) if progress and lead else None
     total_chunks = n_chunks * len(groups)
+    stored = int(done.sum())
     group_outputs = []
-    for g, gv in enumerate(group_values):
-        compiled = _batched(fn, tuple(gv.items()), batched, gathered)
-        chunks: list[dict[str, np.ndarray]] = []
-        for c in range(n_chunks):
-            lo, hi = c * chunk_size, min((c + 1) * chunk_size, n)
-            file = None if folder is None else folder / tags[g][c]
-            if done[g, c]:
-                chunks.append(_read_chunk(file, out_struct))
-            else:
-                idx = np.arange(lo, lo + chunk_size).clip(max=n - 1)  # pad the last chunk with its last point
-                inputs = {k: _global_batch(v[idx], sharding) for k, v in points.items()}
-                out = jax.device_get(compiled(inputs))
-                out = {k: np.asarray(out[k])[: hi - lo] for k in out_struct}
-                failure = None
-                try:  # the host's part: writing the chunk, the user's callback
-                    if lead:
-                        _write_chunk(file, out, out_dims)
-                    chunks.append(out)
-                    if callback is not None:
-                        callback(g * n_chunks + c, total_chunks)
-                except Exception as e:
-                    failure = e
-                if multihost:  # before the next chunk's collectives: stop together, or not at all
-                    _stop_together(failure, g * n_chunks + c)
-                elif failure is not None:
-                    raise failure
-            if bar is not None:
-                bar.update(hi - lo)
-        group_outputs.append({k: np.concatenate([ch[k] for ch in chunks]) for k in out_struct})
-    if bar is not None:
-        bar.close()
+    bar = _progress_bar(n * len(groups), name) if progress and lead else None
+    with _stop_after_chunk_on_interrupt() as interrupt, contextlib.closing(bar or _NoBar()):
+        for g, gv in enumerate(group_values):
+            compiled = _batched(fn, tuple(gv.items()), batched, gathered)
+            chunks: list[dict[str, np.ndarray]] = []
+            for c in range(n_chunks):
+                lo, hi = c * chunk_size, min((c + 1) * chunk_size, n)
+                file = None if folder is None else folder / tags[g][c]
+                if done[g, c]:
+                    chunks.append(_read_chunk(file, out_struct))
+                else:
+                    idx = np.arange(lo, lo + chunk_size).clip(max=n - 1)  # pad the last chunk with its last point
+                    inputs = {k: _global_batch(v[idx], sharding) for k, v in points.items()}
+                    out = jax.device_get(compiled(inputs))
+                    out = {k: np.asarray(out[k])[: hi - lo] for k in out_struct}
+                    failure: BaseException | None = None
+                    try:  # the host's part: writing the chunk, the user's callback
+                        if lead:
+                            _write_chunk(file, out, out_dims)
+                        stored += folder is not None
+                        chunks.append(out)
+                        if callback is not None:
+                            callback(g * n_chunks + c, total_chunks)
+                    except Exception as e:
+                        failure = e
+                    if failure is None and interrupt.requested:  # Ctrl-C: stop here, this chunk kept
+                        failure = KeyboardInterrupt(
+                            f"Sweep {name!r} interrupted after chunk {g * n_chunks + c + 1} of {total_chunks}; "
+                            + (f"{stored} of {total_chunks} chunks are stored in {str(folder)!r}: the same call "
+                               "resumes from them." if folder is not None else "nothing is kept (no `store=`).")
+                        )
+                    if multihost:  # before the next chunk's collectives: stop together, or not at all
+                        _stop_together(failure, g * n_chunks + c)
+                    elif failure is not None:
+                        raise failure
+                if bar is not None:
+                    bar.update(hi - lo)
+            group_outputs.append({k: np.concatenate([ch[k] for ch in chunks]) for k in out_struct})
     if multihost and folder is not None:  # return once the store is complete, on every process
         multihost_utils.sync_global_devices(f"flowsolve.sweep {folder}")
 
@@ -360,16 +375,17 @@ def _check_axes(axes, static=()) -> tuple[list[str], list[np.ndarray]]:
     return names, values
 
 
-def _stop_together(failure: Exception | None, chunk: int) -> None:
-    """Several processes: if writing a chunk or the callback failed on any of them, every process
-    raises here (the failing ones their own error), rather than the others waiting forever in the next
+def _stop_together(failure: BaseException | None, chunk: int) -> None:
+    """Several processes: if writing a chunk or the callback failed on any of them, or one was
+    interrupted, every process raises here (the failing ones their own error), rather than the others waiting forever in the next
     chunk's collectives for a process that has left."""
     failed = np.flatnonzero(np.asarray(multihost_utils.process_allgather(np.asarray(failure is not None))))
     if failure is not None:
         raise failure
     if failed.size:
         raise RuntimeError(
-            f"Process(es) {failed.tolist()} failed after chunk {chunk} (writing it or in `callback`); every "
+            f"Process(es) {failed.tolist()} failed after chunk {chunk} (writing it, in `callback`, or "
+            "interrupted); every "
             "process stops here. The chunks stored so far are kept: the same call resumes from them."
         )
 
@@ -412,6 +428,42 @@ def _claim(folder: pathlib.Path, identity: dict[str, Any]) -> None:
             )
     else:
         manifest.write_text(text)
+
+
+class _StopRequest:
+    requested: bool = False
+
+
+class _NoBar:
+    def close(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _stop_after_chunk_on_interrupt():
+    """Ctrl-C (SIGINT) during a sweep: the first one lets the running chunk finish and be stored, then
+    the sweep stops with `KeyboardInterrupt` between chunks (when nothing is running: stopping inside
+    XLA can leave the process to crash on exit); a second one stops at once, as usual. Only in the
+    main thread, and only where Python's own Ctrl-C handler is in place (not over a user's handler)."""
+    request = _StopRequest()
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield request
+        return
+
+    def handler(signum, frame):
+        if request.requested:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        request.requested = True
+        print("\nflowsolve.sweep: interrupted; stopping once the running chunk is done and stored "
+              "(Ctrl-C again stops at once).", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield request
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _progress_bar(total: int, name: str):

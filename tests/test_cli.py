@@ -142,3 +142,15 @@ def test_malformed_config_and_unwritable_output(tmp_path):
     blocker.write_text("")
     proc = cli("theory", "--out", blocker / "sub")  # a folder under a file cannot be created, even by root
     assert proc.returncode == 2 and "cannot write to the output folder" in proc.stderr
+
+
+def test_ctrl_c_is_one_line_and_exit_code_130(capsys):
+    import typer
+
+    from flowsolve._cli import _errors
+
+    with pytest.raises(typer.Exit) as stopped, _errors():
+        raise KeyboardInterrupt("Sweep 's' interrupted after chunk 1 of 3; 1 of 3 chunks are stored in 'out/store'")
+    assert stopped.value.exit_code == 130
+    assert capsys.readouterr().err == ("interrupted: Sweep 's' interrupted after chunk 1 of 3; 1 of 3 chunks are "
+                                       "stored in 'out/store'\n")

@@ -106,6 +106,65 @@ def test_store_refuses_other_settings_and_keeps_the_config(tmp_path):
         assert json.loads(read.attrs["config"]) == json.loads(ds.attrs["config"]) and read.attrs["t1"] == 40.0
 
 
+_CTRL_C = """
+import os, signal, sys
+import jax, numpy as np
+jax.config.update("jax_enable_x64", True)
+import flowsolve as fs
+sys.path.insert(0, sys.argv[2])
+from test_sweep import AXES, final_distance
+store = sys.argv[1]
+sent = []
+
+def ctrl_c(h0):  # Ctrl-C while chunk 1 (which holds h0 = 10) is being computed
+    if np.any(np.asarray(h0) == 10.0) and not sent:
+        sent.append(1)
+        os.kill(os.getpid(), signal.SIGINT)
+
+def point(p):
+    jax.debug.callback(ctrl_c, p["h0"])
+    return final_distance(p)
+
+try:
+    fs.sweep(point, AXES, chunk_size=3, store=store, progress=False)
+    print("NOT STOPPED")
+except KeyboardInterrupt as e:
+    print("STOPPED:", e)
+assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+computed = []
+resumed = fs.sweep(final_distance, AXES, chunk_size=3, store=store, progress=False,
+                   callback=lambda c, n: computed.append(c))
+print("RESUMED", computed)
+fresh = fs.sweep(final_distance, AXES, chunk_size=3, progress=False)
+print("IDENTICAL", all(np.array_equal(resumed[k].values, fresh[k].values) for k in ("h", "h_inf", "ok")))
+
+def twice(c, n):  # two Ctrl-C: the second stops at once (Python's own KeyboardInterrupt)
+    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGINT)
+
+try:
+    fs.sweep(final_distance, AXES, chunk_size=3, store=store + "-2", progress=False, callback=twice)
+except KeyboardInterrupt as e:
+    print("AT ONCE:", repr(e), sorted(os.listdir(store + "-2")))
+"""
+
+
+def test_ctrl_c_stops_after_the_running_chunk_which_is_kept(tmp_path):
+    """A real SIGINT during a chunk's computation: that chunk finishes and is stored, then the sweep
+    raises KeyboardInterrupt saying what is kept; the same call resumes to the uninterrupted result.
+    (In a subprocess: pytest-xdist's workers do not keep Python's own Ctrl-C handler.)"""
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(_CTRL_C)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "store"), os.path.dirname(os.path.abspath(__file__))],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "STOPPED: Sweep 'sweep' interrupted after chunk 2 of 4; 2 of 4 chunks are stored in" in out, out
+    assert "stopping once the running chunk is done and stored" in proc.stderr
+    assert "RESUMED [2, 3]" in out and "IDENTICAL True" in out
+    assert "AT ONCE: KeyboardInterrupt()" in out and "['chunk-000000.nc', 'sweep.json']" in out
+
+
 def test_a_failing_point_is_flagged_and_the_rest_go_on():
     def fragile(p):
         theory = fs.EffectiveTheory(1.0, 1.0, 1.0, 0.5)
