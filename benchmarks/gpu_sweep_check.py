@@ -6,9 +6,9 @@
 2. small networks (MLP 100×4 tanh, two points, t1 = 5, rtol 1e-6, float64): 64 seeds as a Python
    loop of one jitted flow, as one vmapped sweep, as one ensemble flow; then 1 024 seeds as ensembles;
 3. the default network (THEORY.md §5: leaky ReLU, width 500, depth 20, t1 = 30, rtol 1e-5, float32):
-   one flow; ensembles of 256 and 1 024 seeds timed over their first 100 steps (time per step, and
-   flows per GPU-minute extrapolated: an estimate); then full ensembles of 16, 64, 256 seeds as the
-   time budget allows: flows per GPU-minute.
+   one flow; sweeps of 256 and 1 024 seeds as ensembles in chunks the sweep sizes to the GPU's memory,
+   each chunk timed over its first 100 steps (time per step, and flows per GPU-minute extrapolated:
+   an estimate); then full ensembles of 16, 64, 256 seeds as the time budget allows.
 `FLOWSOLVE_GPU_CHECK_SMALL=1` shrinks everything (a smoke test of the script on a CPU).
 """
 
@@ -136,27 +136,39 @@ def main():
     base = 60.0 / s
     sol_one_steps = int(sol.stats["num_steps"])
     say(f"| one gradient_flow | 1 | {int(sol.stats['num_steps'])} | {s:.1f} ({first - s:.0f}) | {base:.1f} | 1.0 |")
-    # Large batches, timed over a fixed number of steps (a full flow of 256 members takes minutes):
-    # seconds per lockstep step, and flows per GPU-minute extrapolated to the one flow's step count
-    # times the lockstep factor measured on 64 members last time (1.6). Labelled as an estimate.
+    # Large batches as sweeps (`batched=True`, chunk size left to the sweep: the largest ensemble whose
+    # compiled program fits 3/4 of the GPU's memory by XLA's count), each chunk's ensemble stopped after
+    # a fixed number of steps (a full flow of 256 members takes minutes): seconds per lockstep step from
+    # the chunks after the first (which compiles), and flows per GPU-minute extrapolated to the one
+    # flow's step count times the lockstep factor measured on 64 members (1.6). Labelled as an estimate.
     capped = 8 if SMALL else 100
+
+    def capped_chunk(p):
+        nets = default_nets(jax.vmap(lambda s: jax.random.fold_in(jax.random.key(2), s))(p["seed"]))
+        sol = fs.ensemble_flow(nets, x32, y32, exp_t1, ts=t32, layer=10, rtol=1e-5, atol=1e-7, max_steps=capped,
+                               throw=False)
+        return {"steps": jnp.broadcast_to(sol.stats["num_steps"], p["seed"].shape)}
+
     for members in (256, 1024):
-        nets = default_nets(jax.random.split(jax.random.key(2), members))
-        run = lambda: fs.ensemble_flow(nets, x32, y32, exp_t1, ts=t32, layer=10, rtol=1e-5, atol=1e-7,  # noqa
-                                       max_steps=capped, throw=False)
+        stamps = [time.perf_counter()]
         try:
-            first, _ = timed(lambda: run().ts)
-            total, sol = timed(run)
-        except Exception as e:  # e.g. RESOURCE_EXHAUSTED: the batch does not fit the GPU
-            say(f"| ensemble_flow, {capped} steps | {members} | failed: {type(e).__name__}: {str(e)[:80]} | | | |")
+            ds = fs.sweep(capped_chunk, {"seed": np.arange(members)}, batched=True, progress=False,
+                          callback=lambda c, n: stamps.append(time.perf_counter()))
+        except Exception as e:  # e.g. RESOURCE_EXHAUSTED after all
+            say(f"| sweep of ensembles, {capped} steps | {members} | failed: {type(e).__name__}: {str(e)[:80]} | | | |")
             continue
-        step_s = total / int(sol.stats["num_steps"])
+        chunk_s = np.diff(stamps)
+        n_chunks = len(chunk_s)
+        chunk = -(-members // n_chunks)
+        steady = float(np.median(chunk_s[1:])) if n_chunks > 1 else float(chunk_s[0])
+        step_s = steady / int(ds.steps.values.max())
         full_s = step_s * 1.6 * int(sol_one_steps)
-        rate = 60.0 * members / full_s
-        say(f"| ensemble_flow, first {int(sol.stats['num_steps'])} steps: {1e3 * step_s:.0f} ms per step "
-            f"(estimate for a full flow: {full_s:.0f} s) | {members} | {capped} | {total:.1f} ({first - total:.0f}) | "
+        rate = 60.0 * chunk / full_s
+        say(f"| sweep of ensembles, {n_chunks} chunks of ≤ {chunk} (chosen by the sweep), first "
+            f"{int(ds.steps.values.max())} steps: {1e3 * step_s:.0f} ms per step"
+            f"{' (one chunk: includes compilation)' if n_chunks == 1 else ''} (estimate for a full chunk: "
+            f"{full_s:.0f} s) | {members} | {capped} | {stamps[-1] - stamps[0]:.1f} ({chunk_s[0] - steady:.0f}) | "
             f"≈ {rate:.1f} | ≈ {rate / base:.1f} |")
-        del nets, sol
     for members in (16, 64, 256):
         elapsed = time.perf_counter() - START
         if elapsed > BUDGET_S * (0.45 if members == 256 else 0.6):

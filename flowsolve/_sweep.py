@@ -31,7 +31,7 @@ def sweep(
     dims: Mapping[str, Sequence[str]] | None = None,
     coords: Mapping[str, ArrayLike] | None = None,
     chunk_size: int | None = None,
-    memory_budget: int = 2**30,
+    memory_budget: int | None = None,
     store: str | os.PathLike | None = None,
     name: str = "sweep",
     config: Mapping[str, Any] | None = None,
@@ -59,8 +59,16 @@ def sweep(
       vmapping `gradient_flow`.
     - `dims`: output name → names of its own dimensions (e.g. `{"h": ["time"]}`); default `dim_0, …`.
     - `coords`: coordinates of those dimensions (e.g. `{"time": ts}`).
-    - `chunk_size`: points per compiled call; default: as many as fit `memory_budget` bytes of outputs
-      (at most 4 096). Rounded up to a multiple of the device count (of all processes).
+    - `chunk_size`: points per compiled call; default: the most that fit `memory_budget` (at most
+      4 096). Rounded up to a multiple of the device count (of all processes).
+    - `memory_budget`: bytes one chunk may take: its outputs (gathered on the host), and on each device
+      the working memory of its compiled program by XLA's own count (arguments, outputs and
+      temporaries: a flow's stage vectors, an ensemble's batched state). Default: 1 GiB of outputs,
+      and 3/4 of each device's memory (a GPU's or TPU's as JAX reports it; CPU devices share the
+      host's). With the default `chunk_size` the first group is compiled at the largest chunk the
+      outputs allow and, if that program does not fit, the chunk is cut to what does (estimated
+      per point from that count; the other groups are checked the same way). A budget that one
+      point does not fit is an error. An explicit `chunk_size` is used as given.
     - `store`: a directory; each finished chunk is written there at once (netCDF), and a sweep run
       again with the same store skips the chunks already there (an interrupted sweep resumes; the
       result is identical). A store written by a different sweep (name, axes, outputs, chunk size,
@@ -137,17 +145,33 @@ def sweep(
                 f"{ {k: s.shape for k, s in struct.items()} }, another {({k: s.shape for k, s in out_struct.items()})}."
             )
         out_struct = struct
+    if memory_budget is not None and not (isinstance(memory_budget, int) and memory_budget >= 1):
+        raise ValueError(f"`memory_budget` must be a positive int (bytes), got {memory_budget!r}.")
+    output_budget = 2**30 if memory_budget is None else memory_budget
     bytes_per_point = sum(math.prod(s.shape) * s.dtype.itemsize for s in out_struct.values())
-    if bytes_per_point > memory_budget:
+    if bytes_per_point > output_budget:
         raise ValueError(
-            f"One point's outputs take {bytes_per_point} bytes, more than `memory_budget` = {memory_budget}."
+            f"One point's outputs take {bytes_per_point} bytes, more than `memory_budget` = {output_budget}."
         )
     devices = jax.devices()
-    if chunk_size is None:
-        chunk_size = max(1, min(4096, memory_budget // max(bytes_per_point, 1), n))
+    multihost = jax.process_count() > 1
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("points",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("points"))
+    # Several processes: each chunk's outputs are gathered onto every device, so that every process
+    # holds the whole chunk (and returns the whole dataset); process 0 alone writes the store.
+    gathered = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()) if multihost else None
+    auto_chunk = chunk_size is None
+    if auto_chunk:
+        chunk_size = max(1, min(4096, output_budget // max(bytes_per_point, 1), n))
     if not (isinstance(chunk_size, int) and chunk_size >= 1):
         raise ValueError(f"`chunk_size` must be a positive int, got {chunk_size!r}.")
     chunk_size = -(-chunk_size // len(devices)) * len(devices)
+    if auto_chunk and (memory_budget is not None or chunk_size > len(devices)):
+        device_budget = _device_memory(jax.local_devices()) * 3 // 4 if memory_budget is None else memory_budget
+        compiled_groups = [_batched(fn, tuple(gv.items()), batched, gathered) for gv in group_values]
+        chunk_size = _chunk_within(compiled_groups, points, chunk_size, sharding, device_budget, len(devices))
+        if multihost:  # every process must cut the sweep into the same chunks
+            chunk_size = int(np.min(multihost_utils.process_allgather(np.asarray(chunk_size))))
     n_chunks = -(-n // chunk_size)
     dims = dict(dims or {})
     out_dims = {
@@ -172,13 +196,7 @@ def sweep(
             identity["config"] = json.loads(config_json)
         _claim_everywhere(folder, identity)
 
-    multihost = jax.process_count() > 1
     lead = jax.process_index() == 0
-    mesh = jax.sharding.Mesh(np.asarray(devices), ("points",))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("points"))
-    # Several processes: each chunk's outputs are gathered onto every device, so that every process
-    # holds the whole chunk (and returns the whole dataset); process 0 alone writes the store.
-    gathered = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()) if multihost else None
 
     tags = [[f"chunk-{c:06d}.nc" if not static else f"chunk-g{g:04d}-{c:06d}.nc" for c in range(n_chunks)]
             for g in range(len(groups))]
@@ -337,6 +355,44 @@ def _output_struct(fn, points, static_values, batched, dynamic) -> dict[str, jax
                 raise ValueError(f"With `batched=True`, output {k!r} must have a leading point axis, got {s.shape}.")
         out = {k: jax.ShapeDtypeStruct(s.shape[1:], s.dtype) for k, s in out.items()}
     return out
+
+
+def _device_memory(devices) -> int:
+    """Bytes of memory of the smallest of `devices`: what JAX reports (GPU, TPU), else the host's
+    physical memory shared among the CPU devices."""
+    limits = [(d.memory_stats() or {}).get("bytes_limit") for d in devices]
+    if all(limits):
+        return int(min(limits))
+    host = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return int(host // max(1, sum(d.platform == "cpu" for d in devices)))
+
+
+def _chunk_within(compiled_groups, points: dict[str, np.ndarray], chunk_size: int,
+                  sharding: jax.sharding.Sharding, budget: int, n_devices: int) -> int:
+    """The largest chunk, a multiple of the device count and at most `chunk_size`, whose program fits
+    `budget` bytes per device by XLA's count (arguments + outputs + temporaries − aliased), for every
+    group. Each group is compiled at `chunk_size` (jit's cache keeps it for the run); a smaller chunk
+    is estimated from that count per point, which over-counts the fixed part: it fits."""
+    n = len(next(iter(points.values())))
+    idx = np.arange(chunk_size).clip(max=n - 1)
+    inputs = {k: _global_batch(v[idx], sharding) for k, v in points.items()}
+    needed = 0
+    for jitted in compiled_groups:
+        stats = jitted.lower(inputs).compile().memory_analysis()
+        if stats is None:  # this backend does not say: keep the chunk
+            return chunk_size
+        needed = max(needed, stats.argument_size_in_bytes + stats.output_size_in_bytes
+                     + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+    if needed <= budget:
+        return chunk_size
+    per_point = needed / (chunk_size // n_devices)
+    fits = int(budget // per_point)
+    if fits < 1:
+        raise ValueError(
+            f"One point needs about {per_point:.4g} bytes of working memory on a device (XLA's count for a "
+            f"chunk of {chunk_size}), more than the budget of {budget} bytes (`memory_budget`)."
+        )
+    return fits * n_devices
 
 
 @functools.lru_cache(maxsize=64)

@@ -192,12 +192,48 @@ def test_sharded_over_four_host_devices_equals_unsharded(tmp_path):
         from test_sweep import final_distance, AXES
         ds = fs.sweep(final_distance, AXES, chunk_size=5, progress=False)
         np.save({str(tmp_path / "h.npy")!r}, ds.h.values)
+        from test_sweep import heavy  # 4 MB of working memory per point: 7 per device fit 30 MB
+        calls = []
+        fs.sweep(heavy, {{"a": np.arange(1.0, 41.0)}}, memory_budget=30_000_000, progress=False,
+                 callback=lambda c, n: calls.append(n))
+        print("CHUNKS", calls[0])
         """
     )
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, text=True)
     here = fs.sweep(final_distance, AXES, chunk_size=5, progress=False)
     np.testing.assert_allclose(np.load(tmp_path / "h.npy"), here.h.values, rtol=1e-13, atol=1e-15)
+    assert "CHUNKS 2" in proc.stdout  # the budget is per device: chunks of 4 × 7 points (28 + 12)
+
+
+def heavy(p):
+    """A point whose program holds two 500 × 500 float64 matrices (4 MB) at once."""
+    x = jnp.linspace(0.0, 1.0, 500) * p["a"]
+    m = jnp.outer(x, x)
+    return {"s": jnp.trace(m @ m)}
+
+
+def test_chunks_fit_the_memory_budget_by_xlas_count(tmp_path):
+    """The default chunk is cut to what fits `memory_budget` on a device, counted by XLA on the
+    compiled chunk (outputs alone would allow all 40 points in one chunk)."""
+    a = np.arange(1.0, 41.0)
+    whole, cut = [], []
+    one = fs.sweep(heavy, {"a": a}, progress=False, callback=lambda c, n: whole.append(n))
+    ds = fs.sweep(heavy, {"a": a}, memory_budget=30_000_000, store=tmp_path / "s", progress=False,
+                  callback=lambda c, n: cut.append(n))
+    assert whole[0] == 1 and cut[0] == 6  # 4 MB per point: 7 points per chunk
+    import json
+
+    assert json.loads((tmp_path / "s" / "sweep.json").read_text())["chunk_size"] == 7
+    np.testing.assert_allclose(ds.s.values, (a**2 * np.sum(np.linspace(0.0, 1.0, 500) ** 2)) ** 2, rtol=1e-12)  # (x·x)²
+    np.testing.assert_array_equal(ds.s.values, one.s.values)
+    with pytest.raises(ValueError, match=r"One point needs about 4e\+06 bytes of working memory on a device"):
+        fs.sweep(heavy, {"a": a}, memory_budget=3_000_000, progress=False)
+    # An explicit chunk size is used as given.
+    given = []
+    fs.sweep(heavy, {"a": a}, memory_budget=30_000_000, chunk_size=20, progress=False,
+             callback=lambda c, n: given.append(n))
+    assert given[0] == 2
 
 
 @pytest.mark.parametrize(
@@ -207,6 +243,7 @@ def test_sharded_over_four_host_devices_equals_unsharded(tmp_path):
         ({"eta_h": [1.0, np.nan], "h0": H0}, {}, "non-finite"),
         ({"eta_h": ETA}, {}, "asks for the axis 'h0'"),
         (AXES, {"memory_budget": 8}, "more than `memory_budget`"),
+        (AXES, {"memory_budget": 0}, "`memory_budget` must be a positive int"),
         (AXES, {"chunk_size": 0}, "positive int"),
         ({}, {}, "non-empty dict"),
         ({"eta_h": [1.0, 1.0], "h0": H0}, {}, "repeated values"),
@@ -307,9 +344,15 @@ try:
     stopped = ""
 except (OSError, RuntimeError) as e:
     stopped = f"{type(e).__name__}: {e}"
+# Chunks cut to the memory budget: processes whose devices allow different chunks (here: different
+# budgets, 7 and 5 points of `heavy` per device) agree on the smaller one, or the collectives would hang.
+from test_sweep import heavy
+cut = []
+fs.sweep(heavy, {"a": np.arange(1.0, 41.0)}, memory_budget=(30_000_000, 20_000_000)[pid], progress=False,
+         callback=lambda c, n: cut.append(n))
 np.savez(f"{out}/p{pid}.npz", h=ds.h.values, h_inf=ds.h_inf.values, ok=ds.ok.values, finite=ds.finite.values,
          computed=np.asarray(computed), refusal=np.asarray(refusal), unseen=np.asarray(unseen),
-         stopped=np.asarray(stopped))
+         stopped=np.asarray(stopped), cut=np.asarray(cut))
 """
 
 
@@ -359,6 +402,10 @@ def test_one_sweep_over_two_processes_resumes_a_store(tmp_path):
         # A callback failing on process 1 only: process 1 raises its error, process 0 says who failed.
         expected = ("RuntimeError: Process(es) [1] failed after chunk 0", "OSError: callback failed on process 1")
         assert str(got["stopped"]).startswith(expected[pid]), str(got["stopped"])
+        # Both processes cut at the smaller budget: more than the 2 chunks process 0's own would give
+        # (≥ 6 points per device; the gathers of a multi-process chunk add to XLA's count).
+        assert len(set(got["cut"])) == 1 and got["cut"][0] > 2, got["cut"]
+    assert list(np.load(tmp_path / "p0.npz")["cut"]) == list(np.load(tmp_path / "p1.npz")["cut"])
     assert [p.name for p in (tmp_path / "third").glob("chunk-*.nc")] == ["chunk-000000.nc"]
     assert sorted(p.name for p in store.glob("chunk-*.nc")) == [f"chunk-00000{c}.nc" for c in range(3)]
     resumed = fs.sweep(final_distance, AXES, chunk_size=4, store=store, progress=False)
