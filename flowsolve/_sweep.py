@@ -68,7 +68,8 @@ def sweep(
       host's). With the default `chunk_size` the first group is compiled at the largest chunk the
       outputs allow and, if that program does not fit, the chunk is cut to what does (estimated
       per point from that count; the other groups are checked the same way). A budget that one
-      point does not fit is an error. An explicit `chunk_size` is used as given.
+      point does not fit is an error. An explicit `chunk_size` is used as given; a store being resumed
+      keeps the chunk size it was started with.
     - `store`: a directory; each finished chunk is written there at once (netCDF), and a sweep run
       again with the same store skips the chunks already there (an interrupted sweep resumes; the
       result is identical). A store written by a different sweep (name, axes, outputs, chunk size,
@@ -161,6 +162,9 @@ def sweep(
     # holds the whole chunk (and returns the whole dataset); process 0 alone writes the store.
     gathered = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()) if multihost else None
     auto_chunk = chunk_size is None
+    if auto_chunk and store is not None:  # resuming: the store's chunks decide (the same on any machine)
+        chunk_size = _held_chunk_size(pathlib.Path(store), multihost)
+        auto_chunk = chunk_size is None
     if auto_chunk:
         chunk_size = max(1, min(4096, output_budget // max(bytes_per_point, 1), n))
     if not (isinstance(chunk_size, int) and chunk_size >= 1):
@@ -355,6 +359,19 @@ def _output_struct(fn, points, static_values, batched, dynamic) -> dict[str, jax
                 raise ValueError(f"With `batched=True`, output {k!r} must have a leading point axis, got {s.shape}.")
         out = {k: jax.ShapeDtypeStruct(s.shape[1:], s.dtype) for k, s in out.items()}
     return out
+
+
+def _held_chunk_size(folder: pathlib.Path, multihost: bool) -> int | None:
+    """The chunk size of the sweep a store holds (process 0 reads it), or None."""
+    held = 0
+    if jax.process_index() == 0:
+        try:
+            held = int(json.loads((folder / "sweep.json").read_text()).get("chunk_size", 0))
+        except (OSError, ValueError, TypeError, AttributeError):  # none yet, or not ours: `_claim` decides
+            held = 0
+    if multihost:
+        held = int(multihost_utils.broadcast_one_to_all(np.asarray(held)))
+    return held if held >= 1 else None
 
 
 def _device_memory(devices) -> int:

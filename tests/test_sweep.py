@@ -114,6 +114,8 @@ import flowsolve as fs
 sys.path.insert(0, sys.argv[2])
 from test_sweep import AXES, final_distance
 store = sys.argv[1]
+# As in a terminal (a pytest-xdist worker's children start with Ctrl-C ignored, which the sweep respects).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sent = []
 
 def ctrl_c(h0):  # Ctrl-C while chunk 1 (which holds h0 = 10) is being computed
@@ -152,7 +154,7 @@ except KeyboardInterrupt as e:
 def test_ctrl_c_stops_after_the_running_chunk_which_is_kept(tmp_path):
     """A real SIGINT during a chunk's computation: that chunk finishes and is stored, then the sweep
     raises KeyboardInterrupt saying what is kept; the same call resumes to the uninterrupted result.
-    (In a subprocess: pytest-xdist's workers do not keep Python's own Ctrl-C handler.)"""
+    (In a subprocess with Python's own Ctrl-C handler, as in a terminal.)"""
     script = tmp_path / "ctrl_c.py"
     script.write_text(_CTRL_C)
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "store"), os.path.dirname(os.path.abspath(__file__))],
@@ -227,6 +229,9 @@ def test_chunks_fit_the_memory_budget_by_xlas_count(tmp_path):
     assert json.loads((tmp_path / "s" / "sweep.json").read_text())["chunk_size"] == 7
     np.testing.assert_allclose(ds.s.values, (a**2 * np.sum(np.linspace(0.0, 1.0, 500) ** 2)) ** 2, rtol=1e-12)  # (x·x)²
     np.testing.assert_array_equal(ds.s.values, one.s.values)
+    # Resumed without the budget (as on a machine with more memory): the store's chunk size is kept.
+    again = fs.sweep(heavy, {"a": a}, store=tmp_path / "s", progress=False, callback=lambda c, n: pytest.fail())
+    np.testing.assert_array_equal(again.s.values, ds.s.values)
     with pytest.raises(ValueError, match=r"One point needs about 4e\+06 bytes of working memory on a device"):
         fs.sweep(heavy, {"a": a}, memory_budget=3_000_000, progress=False)
     # An explicit chunk size is used as given.
