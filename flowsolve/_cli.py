@@ -531,7 +531,8 @@ def reproduce(
             raise UserError(f"{examples / script} not found: `reproduce` needs the source tree (git clone).")
         folder = _folder(out / name)
         target = folder if is_folder else folder / f"{name}.png"
-        args = [sys.executable, str(examples / script), "--out", str(target)]
+        # The script runs in the source tree: give it the output folder as an absolute path.
+        args = [sys.executable, str(examples / script), "--out", str(target.resolve())]
         args += (fast_args if fast else []) + list(ctx.args)
         typer.echo("running " + " ".join(args[1:]))
         code = subprocess.call(args, cwd=examples.parent)

@@ -1,5 +1,6 @@
 """The `flowsolve` command line: each command on a tiny configuration, --help, bad input → exit 2."""
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -10,9 +11,10 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def cli(*args, timeout=600):
+def cli(*args, timeout=600, cwd=ROOT):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", "flowsolve._cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+                          timeout=timeout, cwd=cwd, env=env)
 
 
 def test_help():
@@ -104,9 +106,11 @@ def test_demo_and_reproduce_commands(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 10_000
     assert "flow:" in (tmp_path / "demo" / "summary.txt").read_text()
-    proc = cli("reproduce", "regimes", "--fast", "--out", tmp_path)
+    # A relative --out is the caller's folder (the script itself runs in the source tree).
+    proc = cli("reproduce", "regimes", "--fast", "--out", "results", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "regimes" / "regimes.png").stat().st_size > 10_000
+    assert (tmp_path / "results" / "regimes" / "regimes.png").stat().st_size > 10_000
+    assert not (ROOT / "results").exists()
 
 
 @pytest.mark.parametrize(
