@@ -412,6 +412,11 @@ def fit_effective_rates(
     samples, non-finite data, non-increasing `ts`, `h ≤ 0`, `dx2 ≤ 0`, `dy2 < 0`, negative weights,
     or data that never moves (flat `h`, `y` and `w`; flat `m`).
 
+    Inside `jax.jit` or `jax.vmap` (e.g. the point function of `flowsolve.sweep`, fitting each
+    point's flow), the data are traced: shape errors still raise, but data that fail the value
+    checks give that member NaN rates and `converged = False` instead of an error, so that one bad
+    point does not stop the others. The fit is then compiled as part of the caller's program.
+
     !!! example
 
         ```python
@@ -421,7 +426,11 @@ def fit_effective_rates(
         fit.eta_h, fit.eta_y   # ≈ 2.0, 0.5
         ```
     """
-    data, batch_shape = _prepare(ts, h, y, w, dx2, dy2, m, weights)
+    traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves((ts, h, y, w, dx2, dy2, m, weights)))
+    if traced:  # inside jit/vmap (a sweep's point): value checks become a mask, not an error
+        data, batch_shape, valid = _prepare_traced(ts, h, y, w, dx2, dy2, m, weights)
+    else:
+        data, batch_shape = _prepare(ts, h, y, w, dx2, dy2, m, weights)
     layout = _Layout(fit_start=bool(fit_initial_state), fit_mean=m is not None, regular=vector_field is None,
                      two_starts=init is None)
     if vector_field is not None and not callable(vector_field):
@@ -443,8 +452,26 @@ def fit_effective_rates(
     dtype = data.ts.dtype
     init_batch = jnp.broadcast_to(jnp.asarray(init_arr, dtype), (n, 2))
     solve = _Solver(vector_field, diffrax.Tsit5() if solver is None else solver, rtol, atol, max_ode_steps)
-    result = _run(data, init_batch, layout, solve, tol, max_steps, min(chunk, n))
+    if traced:
+        result = _fit_batch(data, init_batch, layout, solve, tol, max_steps, min(chunk, n))
+        result = _mask_invalid(result, valid)
+    else:
+        result = _run(data, init_batch, layout, solve, tol, max_steps, min(chunk, n))
     return jax.tree_util.tree_map(lambda x: x.reshape(batch_shape + x.shape[1:]), result)
+
+
+def _mask_invalid(result: FitResult, valid: Bool[Array, " n"]) -> FitResult:
+    """NaN for every float of an invalid member's fit, `converged = False`."""
+
+    def mask(x):
+        ok = valid.reshape(valid.shape + (1,) * (x.ndim - 1))
+        if x.dtype == bool:
+            return x & ok
+        if jnp.issubdtype(x.dtype, jnp.inexact):
+            return jnp.where(ok, x, jnp.nan)
+        return x
+
+    return jax.tree_util.tree_map(mask, result)
 
 
 def _run(data: _Data, init, layout: _Layout, solve: _Solver, tol, max_steps, chunk) -> FitResult:
@@ -567,6 +594,91 @@ def _prepare(ts, h, y, w, dx2, dy2, m, weights) -> tuple[_Data, tuple[int, ...]]
         m_scale=flat_batch(np.maximum(m_span, 1e-300), ()),
     )
     return data, batch_shape
+
+
+def _prepare_traced(ts, h, y, w, dx2, dy2, m, weights) -> tuple[_Data, tuple[int, ...], Bool[Array, " n"]]:
+    """`_prepare` for data traced inside `jit` or `vmap` (e.g. the point function of a sweep). Shape
+    errors raise as there; the value checks cannot, so they give `valid` per batch member instead,
+    and an invalid member's data are swapped for a harmless curve (its results are then masked:
+    NaN, `converged = False`)."""
+    dtype = jnp.result_type(float)
+    arrays = {"h": h, "y": y, "w": w} | ({} if m is None else {"m": m})
+    arrays = {k: jnp.asarray(v, dtype) for k, v in arrays.items()}
+    shape = arrays["h"].shape
+    for name, value in arrays.items():
+        if value.shape != shape:
+            raise ValueError(
+                f"`{name}` has shape {value.shape} but `h` has {shape}; the observed curves must match."
+            )
+    if len(shape) < 1:
+        raise ValueError("`h`, `y`, `w` must be 1-d trajectories (or batches of them), got scalars.")
+    batch_shape, n_times = shape[:-1], shape[-1]
+    ts = jnp.asarray(ts, dtype)
+    if ts.shape not in ((n_times,), shape):
+        raise ValueError(
+            f"`ts` must have shape ({n_times},) or {shape} to match the observed curves, got {ts.shape}."
+        )
+    if n_times < MIN_SAMPLES:
+        raise ValueError(f"A fit needs at least {MIN_SAMPLES} samples per trajectory, got {n_times}.")
+    dists = {"dx2": jnp.asarray(dx2, dtype), "dy2": jnp.asarray(dy2, dtype)}
+    for name, value in dists.items():
+        try:
+            np.broadcast_to(np.empty(value.shape), batch_shape)
+        except ValueError:
+            raise ValueError(f"`{name}` must be a scalar or have the batch shape {batch_shape}.") from None
+    if weights is None:
+        weights = jnp.ones(shape + (3,), dtype)
+    else:
+        weights = jnp.asarray(weights, dtype)
+        if weights.shape == shape:
+            weights = weights[..., None]
+        try:
+            weights = jnp.broadcast_to(weights, shape + (3,))
+        except ValueError:
+            raise ValueError(
+                f"`weights` must have shape {shape} (per sample) or {shape + (3,)} (per sample and "
+                f"variable), got {weights.shape}."
+            ) from None
+    ts = jnp.broadcast_to(ts, shape)
+    dx2, dy2 = (jnp.broadcast_to(v, batch_shape) for v in dists.values())
+    observed = jnp.stack([arrays["h"], arrays["y"], arrays["w"]], axis=-1)
+
+    def moves(x, axis):  # not flat to rounding
+        return (x.max(axis) - x.min(axis)) > 1e-12 * jnp.maximum(jnp.abs(x).max(axis), 1e-300)
+
+    everywhere = lambda c: jnp.all(c, axis=-1)  # noqa: E731
+    valid = (everywhere(jnp.isfinite(ts)) & everywhere(jnp.diff(ts, axis=-1) > 0)
+             & jnp.all(jnp.isfinite(observed), axis=(-2, -1)) & everywhere(arrays["h"] > 0)
+             & everywhere(arrays["y"] >= 0) & jnp.isfinite(dx2) & (dx2 > 0) & jnp.isfinite(dy2) & (dy2 >= 0)
+             & jnp.any((observed.max(-2) - observed.min(-2))
+                       > 1e-12 * jnp.maximum(jnp.abs(observed).max((-2, -1)), 1e-300)[..., None], axis=-1)
+             & jnp.all(jnp.isfinite(weights) & (weights >= 0), axis=(-2, -1)))
+    if m is not None:
+        valid &= everywhere(jnp.isfinite(arrays["m"])) & everywhere(arrays["m"] >= 0) & moves(arrays["m"], -1)
+    # Invalid members: a harmless moving curve in their place (their results are masked afterwards).
+    grid = jnp.linspace(0.0, 1.0, n_times, dtype=dtype)
+    keep = valid[..., None]
+    ts = jnp.where(keep, ts, grid)
+    observed = jnp.where(keep[..., None], observed, jnp.stack([1.0 + grid, 0.5 * grid, -0.5 * grid], axis=-1))
+    weights = jnp.where(keep[..., None], weights, 1.0)
+    dx2, dy2 = jnp.where(valid, dx2, 1.0), jnp.where(valid, dy2, 0.5)
+    m_arr = jnp.where(keep, arrays["m"], 1.0 - 0.5 * grid) if m is not None else jnp.zeros(shape, dtype)
+    span = observed.max(axis=-2) - observed.min(axis=-2)
+    scale = jnp.maximum(span, 1e-6 * span.max(axis=-1, keepdims=True))
+    m_span = m_arr.max(-1) - m_arr.min(-1) if m is not None else jnp.ones(batch_shape, dtype)
+    n = int(np.prod(batch_shape))
+    flat = lambda x, tail: x.reshape((n,) + tail)  # noqa: E731
+    data = _Data(
+        ts=flat(ts, (n_times,)),
+        observed=flat(observed, (n_times, 3)),
+        sqrt_weights=flat(jnp.sqrt(weights), (n_times, 3)),
+        scale=flat(scale, (3,)),
+        dx2=flat(dx2, ()),
+        dy2=flat(dy2, ()),
+        m=flat(m_arr, (n_times,)),
+        m_scale=flat(jnp.maximum(m_span, 1e-300), ()),
+    )
+    return data, batch_shape, valid.reshape(n)
 
 
 class NetworkFit(eqx.Module):

@@ -146,6 +146,10 @@ def sweep(
                 f"{ {k: s.shape for k, s in struct.items()} }, another {({k: s.shape for k, s in out_struct.items()})}."
             )
         out_struct = struct
+    clash = sorted(set(out_struct) & (set(names) | {"finite"}))
+    if clash:
+        raise ValueError(f"Output name(s) {clash} are also axis names (or `finite`, which the sweep adds); "
+                         "rename the outputs (e.g. `fit_eta_h`).")
     if memory_budget is not None and not (isinstance(memory_budget, int) and memory_budget >= 1):
         raise ValueError(f"`memory_budget` must be a positive int (bytes), got {memory_budget!r}.")
     output_budget = 2**30 if memory_budget is None else memory_budget

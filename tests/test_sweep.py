@@ -167,6 +167,35 @@ def test_ctrl_c_stops_after_the_running_chunk_which_is_kept(tmp_path):
     assert "AT ONCE: KeyboardInterrupt()" in out and "['chunk-000000.nc', 'sweep.json']" in out
 
 
+def recovered_rates(p):
+    """A sweep of fits: the theory's trajectory at the point's η_h, and the rates fitted to it. At
+    η_h = 3 the data are made invalid (h ≤ 0 at one sample)."""
+    ts = jnp.linspace(0.0, 20.0, 21)
+    sol = fs.solve_theory(fs.EffectiveTheory(p["eta_h"], 0.5, 1.0, 0.5), jnp.stack([0.05, 0.0, 0.0]), 20.0, ts=ts,
+                          throw=False)
+    h = jnp.where(p["eta_h"] == 3.0, sol.h.at[5].set(-1.0), sol.h)
+    fit = fs.fit_effective_rates(sol.ts, h, sol.y, sol.w, 1.0, 0.5)
+    return {"fit_eta_h": fit.eta_h, "fit_eta_y": fit.eta_y, "converged": fit.converged}
+
+
+def test_a_sweep_of_fits():
+    """Fits run inside a sweep (traced): the rates are recovered, equal to the fit called directly,
+    and a point whose data a direct call would refuse is flagged (NaN, not converged) while the
+    others go on."""
+    ds = fs.sweep(recovered_rates, {"eta_h": [1.0, 2.0, 3.0]}, progress=False)
+    np.testing.assert_allclose(ds.fit_eta_h.values[:2], [1.0, 2.0], rtol=1e-6)
+    np.testing.assert_allclose(ds.fit_eta_y.values[:2], [0.5, 0.5], rtol=1e-6)
+    assert list(ds.converged.values) == [True, True, False] and list(ds.finite.values) == [True, True, False]
+    ts = np.linspace(0.0, 20.0, 21)
+    sol = fs.solve_theory(fs.EffectiveTheory(2.0, 0.5, 1.0, 0.5), [0.05, 0.0, 0.0], 20.0, ts=ts)
+    direct = fs.fit_effective_rates(sol.ts, sol.h, sol.y, sol.w, 1.0, 0.5)
+    np.testing.assert_allclose(ds.fit_eta_h.values[1], direct.eta_h, rtol=1e-10)
+    with pytest.raises(ValueError, match="must be > 0 at every sample"):
+        fs.fit_effective_rates(sol.ts, np.asarray(sol.h) * np.where(np.arange(21) == 5, -1, 1), sol.y, sol.w, 1.0, 0.5)
+    with pytest.raises(ValueError, match=r"also axis names"):
+        fs.sweep(lambda p: {"eta_h": p["eta_h"] * 2}, {"eta_h": [1.0]}, progress=False)
+
+
 def test_a_failing_point_is_flagged_and_the_rest_go_on():
     def fragile(p):
         theory = fs.EffectiveTheory(1.0, 1.0, 1.0, 0.5)
