@@ -81,7 +81,11 @@ class FitResult(eqx.Module):
         if self.eta_h.ndim != 0:
             raise ValueError("`predict` needs an unbatched fit; index the batch first, e.g. `fit[i]`.")
         ts = jnp.asarray(ts)
-        m = {} if not np.isfinite(np.asarray(self.m0)) else {"m0": self.m0, "eta_mean": self.eta_mean}
+        if isinstance(self.m0, jax.core.Tracer):  # under jit: no mean fitted ⇔ m0 NaN ⇔ m0 = 0 here
+            known = jnp.isfinite(self.m0) & jnp.isfinite(self.eta_mean)
+            m = {"m0": jnp.where(known, self.m0, 0.0), "eta_mean": jnp.where(known, self.eta_mean, 0.0)}
+        else:
+            m = {} if not np.isfinite(np.asarray(self.m0)) else {"m0": self.m0, "eta_mean": self.eta_mean}
         return solve_theory(self.theory, self.state0, ts[-1], t0=ts[0], ts=ts, **m, **kwargs)
 
     def __getitem__(self, index) -> "FitResult":
@@ -753,11 +757,11 @@ def fit_network(
         if name in fit_options:
             raise ValueError(f"`fit_network` sets `{name}` from the data; remove it from `fit_options`.")
     if ts is None:
-        t1_c = float(t1)
-        ts = np.linspace(0.0, t1_c, 201)
+        ts = jnp.linspace(0.0, t1, 201) if isinstance(t1, jax.core.Tracer) else np.linspace(0.0, float(t1), 201)
     flat = lambda a: a.reshape(2, -1)  # noqa: E731
-    dx2 = float(jnp.sum((flat(inputs)[1] - flat(inputs)[0]) ** 2))
-    dy2 = float(jnp.sum((flat(targets)[1] - flat(targets)[0]) ** 2))
+    # Arrays, not floats: under jit (a sweep's point) they are traced.
+    dx2 = jnp.sum((flat(inputs)[1] - flat(inputs)[0]) ** 2)
+    dy2 = jnp.sum((flat(targets)[1] - flat(targets)[0]) ** 2)
     if layer is None:
         _, hiddens = eqx.filter_eval_shape(model, inputs[0])
         layer = len(hiddens) // 2

@@ -196,6 +196,35 @@ def test_a_sweep_of_fits():
         fs.sweep(lambda p: {"eta_h": p["eta_h"] * 2}, {"eta_h": [1.0]}, progress=False)
 
 
+def _network_fit(p):
+    import jax
+
+    import models
+
+    inputs, targets = fs.experiments.two_point_data(x0=-0.5)
+    net = models.MLP(1, 1, 8, 3, activation="tanh", key=jax.random.key(p["seed"]))
+    result = fs.fit_network(net, inputs, targets, 5.0, layer=1)
+    return {"fit_eta_h": result.fit.eta_h, "converged": result.fit.converged, "theory_loss": result.theory.loss}
+
+
+@pytest.mark.slow
+def test_a_sweep_of_network_fits():
+    """`fit_network` (flow → fit → the fitted theory's solve) as a sweep's point equals direct calls
+    (to the fit's tolerance: the traced fit is compiled with the flow, in one program)."""
+    import jax
+
+    import models
+
+    ds = fs.sweep(_network_fit, {"seed": [0, 1]}, dims={"theory_loss": ["time"]}, progress=False)
+    assert bool(ds.converged.all()) and bool(ds.finite.all())
+    inputs, targets = fs.experiments.two_point_data(x0=-0.5)
+    for seed in (0, 1):
+        direct = fs.fit_network(models.MLP(1, 1, 8, 3, activation="tanh", key=jax.random.key(seed)), inputs,
+                                targets, 5.0, layer=1)
+        np.testing.assert_allclose(ds.fit_eta_h.sel(seed=seed).values, direct.fit.eta_h, rtol=1e-6)
+        np.testing.assert_allclose(ds.theory_loss.sel(seed=seed).values, direct.theory.loss, rtol=1e-5)
+
+
 def test_a_failing_point_is_flagged_and_the_rest_go_on():
     def fragile(p):
         theory = fs.EffectiveTheory(1.0, 1.0, 1.0, 0.5)
