@@ -14,6 +14,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 from ._compile_cache import call_cached
 from ._custom_types import RealScalarLike
 from ._theory import EffectiveTheory, TheorySolution, _regular_vector_field, from_regular, solve_theory, to_regular
+from ._validation import is_concrete
 
 MIN_SAMPLES = 8
 """The fewest samples a trajectory may have: two rates (plus up to four initial values) need more
@@ -81,7 +82,7 @@ class FitResult(eqx.Module):
         if self.eta_h.ndim != 0:
             raise ValueError("`predict` needs an unbatched fit; index the batch first, e.g. `fit[i]`.")
         ts = jnp.asarray(ts)
-        if isinstance(self.m0, jax.core.Tracer):  # under jit: no mean fitted ⇔ m0 NaN ⇔ m0 = 0 here
+        if not is_concrete(self.m0):  # under jit: no mean fitted ⇔ m0 NaN ⇔ m0 = 0 here
             known = jnp.isfinite(self.m0) & jnp.isfinite(self.eta_mean)
             m = {"m0": jnp.where(known, self.m0, 0.0), "eta_mean": jnp.where(known, self.eta_mean, 0.0)}
         else:
@@ -430,7 +431,7 @@ def fit_effective_rates(
         fit.eta_h, fit.eta_y   # ≈ 2.0, 0.5
         ```
     """
-    traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves((ts, h, y, w, dx2, dy2, m, weights)))
+    traced = not is_concrete((ts, h, y, w, dx2, dy2, m, weights))
     if traced:  # inside jit/vmap (a sweep's point): value checks become a mask, not an error
         data, batch_shape, valid = _prepare_traced(ts, h, y, w, dx2, dy2, m, weights)
     else:
@@ -757,7 +758,7 @@ def fit_network(
         if name in fit_options:
             raise ValueError(f"`fit_network` sets `{name}` from the data; remove it from `fit_options`.")
     if ts is None:
-        ts = jnp.linspace(0.0, t1, 201) if isinstance(t1, jax.core.Tracer) else np.linspace(0.0, float(t1), 201)
+        ts = jnp.linspace(0.0, t1, 201) if not is_concrete(t1) else np.linspace(0.0, float(t1), 201)
     flat = lambda a: a.reshape(2, -1)  # noqa: E731
     # Arrays, not floats: under jit (a sweep's point) they are traced.
     dx2 = jnp.sum((flat(inputs)[1] - flat(inputs)[0]) ** 2)

@@ -454,16 +454,16 @@ def _check_axes(axes, static=()) -> tuple[list[str], list[np.ndarray]]:
 
 def _stop_together(failure: BaseException | None, chunk: int) -> None:
     """Several processes: if writing a chunk or the callback failed on any of them, or one was
-    interrupted, every process raises here (the failing ones their own error), rather than the others waiting forever in the next
-    chunk's collectives for a process that has left."""
+    interrupted, every process raises here (the failing ones their own error), rather than the
+    others waiting forever in the next chunk's collectives for a process that has left."""
     failed = np.flatnonzero(np.asarray(multihost_utils.process_allgather(np.asarray(failure is not None))))
     if failure is not None:
         raise failure
     if failed.size:
         raise RuntimeError(
             f"Process(es) {failed.tolist()} failed after chunk {chunk} (writing it, in `callback`, or "
-            "interrupted); every "
-            "process stops here. The chunks stored so far are kept: the same call resumes from them."
+            "interrupted); every process stops here. The chunks stored so far are kept: the same call "
+            "resumes from them."
         )
 
 
