@@ -503,13 +503,9 @@ def _result_treedef(layout: _Layout):
     return jax.tree_util.tree_structure(FitResult(**fields))
 
 
-def _prepare(ts, h, y, w, dx2, dy2, m, weights) -> tuple[_Data, tuple[int, ...]]:
-    """Validate the data at the boundary and flatten any batch axes into one."""
-    dtype = jnp.result_type(float)  # float64 with jax_enable_x64, else float32
-    arrays = {"h": h, "y": y, "w": w}
-    if m is not None:
-        arrays["m"] = m
-    arrays = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
+def _checked_shapes(arrays: dict[str, Any], ts) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+    """The observed curves' shape, batch shape and number of samples; `ValueError` if the curves or
+    `ts` do not match, or there are too few samples (the same for concrete and traced data)."""
     shape = arrays["h"].shape
     for name, value in arrays.items():
         if value.shape != shape:
@@ -519,13 +515,24 @@ def _prepare(ts, h, y, w, dx2, dy2, m, weights) -> tuple[_Data, tuple[int, ...]]
     if len(shape) < 1:
         raise ValueError("`h`, `y`, `w` must be 1-d trajectories (or batches of them), got scalars.")
     batch_shape, n_times = shape[:-1], shape[-1]
-    ts = np.asarray(ts, dtype=np.float64)
     if ts.shape not in ((n_times,), shape):
         raise ValueError(
             f"`ts` must have shape ({n_times},) or {shape} to match the observed curves, got {ts.shape}."
         )
     if n_times < MIN_SAMPLES:
         raise ValueError(f"A fit needs at least {MIN_SAMPLES} samples per trajectory, got {n_times}.")
+    return shape, batch_shape, n_times
+
+
+def _prepare(ts, h, y, w, dx2, dy2, m, weights) -> tuple[_Data, tuple[int, ...]]:
+    """Validate the data at the boundary and flatten any batch axes into one."""
+    dtype = jnp.result_type(float)  # float64 with jax_enable_x64, else float32
+    arrays = {"h": h, "y": y, "w": w}
+    if m is not None:
+        arrays["m"] = m
+    arrays = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
+    ts = np.asarray(ts, dtype=np.float64)
+    shape, batch_shape, n_times = _checked_shapes(arrays, ts)
     for name, value in (("ts", ts), *arrays.items()):
         if not np.all(np.isfinite(value)):
             raise ValueError(f"`{name}` must be finite (no inf or NaN).")
@@ -609,22 +616,8 @@ def _prepare_traced(ts, h, y, w, dx2, dy2, m, weights) -> tuple[_Data, tuple[int
     dtype = jnp.result_type(float)
     arrays = {"h": h, "y": y, "w": w} | ({} if m is None else {"m": m})
     arrays = {k: jnp.asarray(v, dtype) for k, v in arrays.items()}
-    shape = arrays["h"].shape
-    for name, value in arrays.items():
-        if value.shape != shape:
-            raise ValueError(
-                f"`{name}` has shape {value.shape} but `h` has {shape}; the observed curves must match."
-            )
-    if len(shape) < 1:
-        raise ValueError("`h`, `y`, `w` must be 1-d trajectories (or batches of them), got scalars.")
-    batch_shape, n_times = shape[:-1], shape[-1]
     ts = jnp.asarray(ts, dtype)
-    if ts.shape not in ((n_times,), shape):
-        raise ValueError(
-            f"`ts` must have shape ({n_times},) or {shape} to match the observed curves, got {ts.shape}."
-        )
-    if n_times < MIN_SAMPLES:
-        raise ValueError(f"A fit needs at least {MIN_SAMPLES} samples per trajectory, got {n_times}.")
+    shape, batch_shape, n_times = _checked_shapes(arrays, ts)
     dists = {"dx2": jnp.asarray(dx2, dtype), "dy2": jnp.asarray(dy2, dtype)}
     for name, value in dists.items():
         try:

@@ -192,6 +192,10 @@ def test_a_sweep_of_fits():
     np.testing.assert_allclose(ds.fit_eta_h.values[1], direct.eta_h, rtol=1e-10)
     with pytest.raises(ValueError, match="must be > 0 at every sample"):
         fs.fit_effective_rates(sol.ts, np.asarray(sol.h) * np.where(np.arange(21) == 5, -1, 1), sol.y, sol.w, 1.0, 0.5)
+    import jax
+
+    with pytest.raises(ValueError, match="`y` has shape"):  # traced: shape errors still raise, when tracing
+        jax.jit(lambda h: fs.fit_effective_rates(sol.ts, h, h[:-1], h, 1.0, 0.5))(sol.h)
     with pytest.raises(ValueError, match=r"also axis names"):
         fs.sweep(lambda p: {"eta_h": p["eta_h"] * 2}, {"eta_h": [1.0]}, progress=False)
 
