@@ -524,6 +524,20 @@ def _checked_shapes(arrays: dict[str, Any], ts) -> tuple[tuple[int, ...], tuple[
     return shape, batch_shape, n_times
 
 
+def _per_variable(weights, shape: tuple[int, ...], xp):
+    """Weights per sample `shape` or per sample and variable `shape + (3,)`, as the latter (`xp`:
+    NumPy for concrete data, jax.numpy for traced)."""
+    if weights.shape == shape:
+        weights = weights[..., None]
+    try:
+        return xp.broadcast_to(weights, shape + (3,))
+    except ValueError:
+        raise ValueError(
+            f"`weights` must have shape {shape} (per sample) or {shape + (3,)} (per sample and "
+            f"variable), got {weights.shape}."
+        ) from None
+
+
 def _prepare(ts, h, y, w, dx2, dy2, m, weights) -> tuple[_Data, tuple[int, ...]]:
     """Validate the data at the boundary and flatten any batch axes into one."""
     dtype = jnp.result_type(float)  # float64 with jax_enable_x64, else float32
@@ -577,16 +591,7 @@ def _prepare(ts, h, y, w, dx2, dy2, m, weights) -> tuple[_Data, tuple[int, ...]]
     if weights is None:
         sqrt_w = np.ones(shape + (3,))
     else:
-        weights = np.asarray(weights, dtype=np.float64)
-        if weights.shape == shape:
-            weights = weights[..., None]
-        try:
-            weights = np.broadcast_to(weights, shape + (3,))
-        except ValueError:
-            raise ValueError(
-                f"`weights` must have shape {shape} (per sample) or {shape + (3,)} (per sample and "
-                f"variable), got {np.shape(weights)}."
-            ) from None
+        weights = _per_variable(np.asarray(weights, dtype=np.float64), shape, np)
         if not np.all(np.isfinite(weights)) or np.any(weights < 0):
             raise ValueError("`weights` must be finite and ≥ 0.")
         sqrt_w = np.sqrt(weights)
@@ -627,16 +632,7 @@ def _prepare_traced(ts, h, y, w, dx2, dy2, m, weights) -> tuple[_Data, tuple[int
     if weights is None:
         weights = jnp.ones(shape + (3,), dtype)
     else:
-        weights = jnp.asarray(weights, dtype)
-        if weights.shape == shape:
-            weights = weights[..., None]
-        try:
-            weights = jnp.broadcast_to(weights, shape + (3,))
-        except ValueError:
-            raise ValueError(
-                f"`weights` must have shape {shape} (per sample) or {shape + (3,)} (per sample and "
-                f"variable), got {weights.shape}."
-            ) from None
+        weights = _per_variable(jnp.asarray(weights, dtype), shape, jnp)
     ts = jnp.broadcast_to(ts, shape)
     dx2, dy2 = (jnp.broadcast_to(v, batch_shape) for v in dists.values())
     observed = jnp.stack([arrays["h"], arrays["y"], arrays["w"]], axis=-1)
