@@ -1,10 +1,18 @@
-"""The README's main job: the exact gradient flow of the paper's default two-point network.
+"""The README's main job: what gradient descent makes a deep network learn, and the two-constant
+theory of van Rossem & Saxe (ICML 2024) that describes it.
 
-`python -m flowsolve` runs the default setting of THEORY.md §5 (MLP, 20 hidden layers, leaky ReLU,
-gain 1, observed layer 10, lr 0.01 × 3000 epochs → t1 = 30) with its exact gradient flow (diffrax,
-adaptive, float64) next to plain full-batch gradient descent at the reference learning rate, prints
-(h, y, w, loss) at a few times and writes a PNG of the trajectories. By default the width is 100
-instead of 500 so that the demo takes about a minute on a laptop CPU; `--full` runs the paper's size.
+`python -m flowsolve` (no arguments) trains two networks of the paper's two-point task (THEORY.md §5)
+and fits the reduced theory to each:
+
+- A: the paper's default row as the authors ran it: MLP, 20 hidden layers of 500, leaky ReLU, gain 1,
+  observed layer 10, full-batch gradient descent at lr 0.01 for 3000 epochs, float32.
+- B: the exact gradient flow (diffrax, float64) of the tanh row — a smooth network, whose flow is well
+  defined (the leaky-ReLU flow is not smooth at the paper's inputs: docs/flow.md) — at width 100
+  instead of 500, so that the whole job stays within a minute on a laptop CPU.
+
+For each: the fitted effective learning rates η_h, η_y (± standard error), the fit's errors, the
+closed-form A_low, A_high and final ‖dh‖² from the sympy-derived expressions with the fitted rates,
+against the network's own final ‖dh‖²; a figure of network (solid) and fitted theory (dashed).
 `python -m flowsolve theory` runs the effective-theory demo instead.
 """
 
@@ -19,81 +27,138 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flowsolve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", nargs="?", default="network", choices=["network", "theory"])
-    parser.add_argument("--full", action="store_true", help="the paper's width 500 (slow on a CPU)")
-    parser.add_argument("--width", type=int, default=None, help="hidden width (default 100, or 500 with --full)")
-    parser.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance of the flow")
+    parser.add_argument("--width", type=int, default=None,
+                        help="width of both networks (default: 500 for A, as in the paper; 100 for B)")
+    parser.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance of B's flow (default 1e-4)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("flowsolve_demo.png"))
     args = parser.parse_args(argv)
+    if args.width is not None and args.width < 1:
+        parser.error(f"--width must be ≥ 1, got {args.width}")
+    if not args.rtol > 0:
+        parser.error(f"--rtol must be > 0, got {args.rtol}")
     jax.config.update("jax_enable_x64", True)
     if args.what == "theory":
         from ._demo_theory import main as theory_main
 
         theory_main()
         return
-    run_network(width=args.width or (500 if args.full else 100), rtol=args.rtol, seed=args.seed, out=args.out)
+    run_network(width=args.width, rtol=args.rtol, seed=args.seed, out=args.out)
 
 
-def run_network(width: int, rtol: float, seed: int, out: pathlib.Path) -> None:
+def _fit_and_predict(ts, observed, fixed_point):
+    """The theory fitted to one trajectory, and the closed-form fixed point with the fitted rates."""
+    import numpy as np
+
+    from ._fit import fit_effective_rates
+    from .experiments import DX2, DY2
+
+    data = {k: np.asarray(observed[k], np.float64) for k in ("h", "y", "w", "m")}
+    fit = fit_effective_rates(np.asarray(ts, np.float64), data["h"], data["y"], data["w"], DX2, DY2,
+                              m=np.maximum(data["m"], 0.0))
+    a_low, a_high, h_inf = (float(v) for v in fixed_point(float(fit.eta_h), float(fit.eta_y), DX2, DY2,
+                                                          float(data["h"][0]), float(data["y"][0])))
+    theory = fit.predict(np.asarray(ts, np.float64), throw=False)
+    return fit, theory, (a_low, a_high, h_inf)
+
+
+def run_network(width: int | None, rtol: float, seed: int, out: pathlib.Path) -> None:
     import jax.numpy as jnp
+    import numpy as np
 
-    from . import experiments
+    from . import experiments, symbolic
     from ._flow import gradient_descent, gradient_flow
 
-    exp = experiments.two_points("default", key=jax.random.key(seed), width=width)
-    row = exp.setting
-    print("flowsolve — exact gradient flow vs gradient descent, paper's default two-point setting (float64)")
-    print(f"MLP: {row.depth} hidden layers × {row.width} units, {row.activation}, gain {row.gain}, "
-          f"observed layer {exp.layer}; inputs {exp.inputs[:, 0].tolist()}, targets "
-          f"{[round(v, 4) for v in exp.targets[:, 0].tolist()]}; lr {exp.lr} × {exp.epochs} epochs → t1 = {exp.t1:g}")
-    ts = jnp.linspace(0.0, exp.t1, 301)
+    total = time.perf_counter()
+    print("flowsolve — what gradient descent makes a deep network learn, and the two-constant reduced theory\n"
+          "of van Rossem & Saxe (ICML 2024) fitted to it. Two inputs −1, 0 (dx2 = 1), targets 0.6, 1.307 (dy2 = 0.5).")
+    # The fixed point from the sympy derivation (THEORY.md §3), compiled to a JAX function.
+    S = symbolic.symbols()
+    fp = symbolic.derive_fixed_point()
+    fixed_point = symbolic.to_jax([fp.A_low, fp.A_high, fp.h_inf], [S.eta_h, S.eta_y, S.dx2, S.dy2, fp.h0, fp.y0])
+
+    a = experiments.two_points("default", key=jax.random.key(seed), width=width, dtype=jnp.float32)
+    every = max(1, a.epochs // 300)
     start = time.perf_counter()
-    flow = gradient_flow(exp.model, exp.inputs, exp.targets, exp.t1, ts=ts, layer=exp.layer, rtol=rtol,
-                         atol=rtol * 1e-2)
-    flow_s = time.perf_counter() - start
-    every = exp.epochs // 300
-    start = time.perf_counter()
-    gd = gradient_descent(exp.model, exp.inputs, exp.targets, exp.lr, exp.epochs, layer=exp.layer, every=every)
+    gd = gradient_descent(a.model, a.inputs, a.targets, a.lr, a.epochs, layer=a.layer, every=every)
     gd_s = time.perf_counter() - start
-    keys = ("h", "y", "w", "loss")
-    print(f"\n{'t':>6} | {'flow h':>10} {'flow y':>10} {'flow w':>11} {'flow loss':>10} | "
-          f"{'GD h':>10} {'GD y':>10} {'GD w':>11} {'GD loss':>10}")
-    for i in (0, 10, 30, 60, 100, 150, 200, 300):
-        f = [float(flow.observed[k][i]) for k in keys]
-        g = [float(gd.observed[k][i]) for k in keys]
-        print(f"{float(ts[i]):6.2f} | {f[0]:10.5f} {f[1]:10.5f} {f[2]:11.3e} {f[3]:10.3e} | "
-              f"{g[0]:10.5f} {g[1]:10.5f} {g[2]:11.3e} {g[3]:10.3e}")
-    gap = max(float(jnp.max(jnp.abs(flow.observed[k] - gd.observed[k]) / (jnp.max(jnp.abs(flow.observed[k])) + 1e-30)))
-              for k in ("h", "y"))
+
+    b = experiments.two_points("tanh", key=jax.random.key(seed), width=width or 100)
+    ts = jnp.linspace(0.0, b.t1, 301)
+    start = time.perf_counter()
+    flow = gradient_flow(b.model, b.inputs, b.targets, b.t1, ts=ts, layer=b.layer, rtol=rtol, atol=1e-3 * rtol)
+    flow_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    results = {"A": (a, gd, *_fit_and_predict(gd.ts, gd.observed, fixed_point)),
+               "B": (b, flow, *_fit_and_predict(flow.ts, flow.observed, fixed_point))}
+    fit_s = time.perf_counter() - start
+
+    ra, rb = a.setting, b.setting
+    print(f"\nA  default row, as in the paper: MLP {ra.depth} × {ra.width}, {ra.activation}, gain {ra.gain}, "
+          f"layer {a.layer};\n   full-batch gradient descent, lr {a.lr} × {a.epochs} epochs, float32 "
+          f"({gd_s:.1f} s)")
     st = flow.stats
-    print(f"\nflow: {int(st['num_steps'])} steps ({int(st['num_rejected_steps'])} rejected), "
-          f"{int(st['gradient_evaluations'])} gradient evaluations, {flow_s:.1f} s incl. compilation, rtol {rtol:g}")
-    print(f"GD:   {exp.epochs} steps at lr {exp.lr}, {gd_s:.1f} s incl. compilation")
-    print(f"largest gap GD vs flow in h, y (relative to each curve's max): {gap:.1%}")
-    print("note: the second input is 0 and biases start at 0, so every unit starts on the leaky-ReLU kink.\n"
-          "The flow of a piecewise-linear network is not smooth and, measured, does not converge under\n"
-          "tolerance refinement (width 100: final h 0.095 / 0.065 / 0.072 at rtol 1e-4 / 1e-5 / 1e-6), nor\n"
-          "does GD as lr shrinks: read docs/flow.md before trusting either; smooth activations converge.")
-    _plot(ts, flow, gd, exp, out)
-    print(f"wrote {out}")
+    print(f"B  tanh row, exact gradient flow: MLP {rb.depth} × {rb.width}{' (paper: 500)' if rb.width != 500 else ''}, "
+          f"gain {rb.gain}, layer {b.layer};\n   diffrax Tsit5, rtol {rtol:g}, to t = lr·epochs = {b.t1:g}, "
+          f"float64 ({int(st['num_steps'])} steps, {flow_s:.1f} s)")
+    print("Time is gradient-flow time t = lr · epoch for both; the rates are per unit of it.\n")
+
+    def row(label, fn):
+        print(f"{label:<36}" + "".join(f"{fn(*results[k]):>22}" for k in ("A", "B")))
+
+    print(f"{'':<36}{'A: GD, default':>22}{'B: flow, tanh':>22}")
+    row("fitted η_h (± s.e.)", lambda e, s, f, t, c: f"{float(f.eta_h):.4g} ± {float(f.eta_h_se):.1g}")
+    row("fitted η_y (± s.e.)", lambda e, s, f, t, c: f"{float(f.eta_y):.4g} ± {float(f.eta_y_se):.1g}")
+    row("fitted η̄ (the mean's rate)", lambda e, s, f, t, c: f"{float(f.eta_mean):.4g}")
+    row("fit error h / y / w (RMSE/range)",
+        lambda e, s, f, t, c: " / ".join(f"{float(f.errors[k]):.1%}" for k in ("h", "y", "w")))
+    row("fit error of the loss", lambda e, s, f, t, c: f"{float(f.errors['loss']):.1%}")
+    row("A_high = Q(0) (closed form)", lambda e, s, f, t, c: f"{c[1]:.4g}")
+    row("A_low = √(η_h/η_y·dx2·dy2)", lambda e, s, f, t, c: f"{c[0]:.4g}")
+    row("predicted final ‖dh‖² = h(∞)", lambda e, s, f, t, c: f"{c[2]:.4g}")
+    row("network's final ‖dh‖²", lambda e, s, f, t, c: f"{float(s.observed['h'][-1]):.4g}")
+    row("prediction − network (relative)",
+        lambda e, s, f, t, c: f"{c[2] / float(s.observed['h'][-1]) - 1:+.1%}")
+    row("initial ‖dh‖² (the lazy answer)", lambda e, s, f, t, c: f"{float(s.observed['h'][0]):.4g}")
+    print("\nA_high ≫ A_low: lazy (the representation keeps its initial geometry); A_high ≪ A_low: rich (it takes\n"
+          "the task's, h(∞) → A_low ∝ ‖dx‖·‖dy*‖). Both networks here are rich: h(∞) ≈ A_low.")
+    print("The paper's inputs put every leaky-ReLU unit on its kink at t = 0: its exact flow is not smooth\n"
+          "(docs/flow.md). The paper's every row at width 500, over seeds and step sizes: docs/reproduction.md.")
+    _plot(results, out)
+    print(f"\nfits {fit_s:.1f} s; total {time.perf_counter() - total:.1f} s; wrote {out}")
 
 
-def _plot(ts, flow, gd, exp, out):
+def _plot(results, out):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
-    for ax, key, label in zip(axes, ("h", "y", "w", "loss"), ("h = ‖dh‖²", "y = ‖dŷ‖²", "w", "loss")):
-        ax.plot(ts, flow.observed[key], "-", label="gradient flow (exact)")
-        ax.plot(gd.ts, gd.observed[key], "--", label=f"gradient descent, lr {exp.lr}")
-        ax.set_title(label)
-        ax.set_xlabel("t (gradient-flow time = lr · epoch)")
-        if key == "loss":
-            ax.set_yscale("log")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"default setting, width {exp.setting.width}, layer {exp.layer}")
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
+    titles = {"A": "A: gradient descent, default row (leaky ReLU, width {w})",
+              "B": "B: exact gradient flow, tanh row (width {w})"}
+    for i, key in enumerate(("A", "B")):
+        exp, sol, fit, theory, (a_low, a_high, h_inf) = results[key]
+        ax, lx = axes[2 * i], axes[2 * i + 1]
+        ts = np.asarray(sol.ts)
+        for k, color, label in (("h", "C0", "h = ‖dh‖²"), ("y", "C1", "y = ‖dŷ‖²"), ("w", "C2", "w")):
+            ax.plot(ts, np.asarray(sol.observed[k]), color=color, label=f"{label}, network")
+            ax.plot(ts, np.asarray(getattr(theory, k)), color=color, ls="--", label=f"{label}, fitted theory")
+        ax.axhline(h_inf, color="C0", ls=":", lw=1, label=f"closed-form h(∞) = {h_inf:.3g}")
+        ax.set_title(titles[key].format(w=exp.setting.width), fontsize=9)
+        ax.set_xlabel("gradient-flow time t = lr · epoch")
+        ax.legend(fontsize=6.5, loc="center right")
+        loss = np.maximum(np.asarray(sol.observed["loss"], np.float64), 1e-30)
+        lx.semilogy(ts, loss, color="k", label="network")
+        lx.semilogy(ts, np.maximum(np.asarray(theory.loss), 1e-30), color="k", ls="--", label="fitted theory")
+        lx.set_title(f"{key}: loss (η_h = {float(fit.eta_h):.3g}, η_y = {float(fit.eta_y):.3g})", fontsize=9)
+        lx.set_xlabel("gradient-flow time t = lr · epoch")
+        lx.set_ylim(max(float(loss.min()), 1e-12), 1.0)
+        lx.legend(fontsize=7)
+    fig.suptitle("Two-point task of van Rossem & Saxe (2024): network (solid) vs the reduced theory with two "
+                 "fitted rates (dashed)", fontsize=11)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -48,9 +48,17 @@ class FlowSolution(eqx.Module):
     stats: dict[str, Array]
 
 
-def mse_loss(model, inputs: Array, targets: Array) -> Array:
-    """The default loss, `½ · mean over points of ‖ŷ − y*‖²` (THEORY.md §1)."""
-    outputs, _ = jax.vmap(model)(inputs)
+def mse_loss(model, inputs: Array, targets: Array, *, key: Array | None = None) -> Array:
+    """The default loss, `½ · mean over points of ‖ŷ − y*‖²` (THEORY.md §1).
+
+    With a `key` (stochastic training, `gradient_descent(..., key=)`) every point's forward pass gets
+    its own key, `model(x, key=k)` (e.g. the dropout masks of `models.DropoutMLP`).
+    """
+    if key is None:
+        outputs, _ = jax.vmap(model)(inputs)
+    else:
+        keys = jax.random.split(key, inputs.shape[0])
+        outputs, _ = jax.vmap(lambda x, k: model(x, key=k))(inputs, keys)
     n = inputs.shape[0]
     return 0.5 * jnp.mean(jnp.sum((outputs - targets).reshape(n, -1) ** 2, axis=1))
 
@@ -365,6 +373,7 @@ def gradient_descent(
     layer: int | None = None,
     loss: Loss | None = None,
     every: int = 1,
+    key: Array | None = None,
     throw: bool = True,
 ) -> FlowSolution:
     """Full-batch gradient descent in one `lax.scan`, observed on the gradient-flow clock.
@@ -381,6 +390,10 @@ def gradient_descent(
       optimizer (e.g. `optax.adam(lr)`) the clock is still `lr · step`.
     - `every`: observe every `every` steps (`steps` need not be a multiple; the last partial block
       is run but not observed).
+    - `key`: for stochastic training (dropout): each step calls `loss(model, inputs, targets, key=k)`
+      with a fresh `k` split from `key` (the default loss hands it to `model(x, key=...)`); the
+      observations call the model without a key (deterministic, dropout off, as in PyTorch's
+      `eval()` mode). Default `None`: plain deterministic descent.
     - `throw`: raise when the loss or an observable becomes non-finite (the run diverged), with the
       time reached; with `throw=False` it is reported in `result`.
 
@@ -392,22 +405,29 @@ def gradient_descent(
         if not (isinstance(value, int) and value >= 1):
             raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
     dtype = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))[0].dtype
-    sol = _descent(model, inputs, targets, jnp.asarray(lr, dtype), steps, every, optimizer, observer, loss)
+    if key is not None and not (isinstance(key, jax.Array) and (jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+                                                                or key.shape == (2,))):
+        raise ValueError(f"`key` must be a JAX PRNG key (jax.random.key(seed)) or None, got {key!r}.")
+    sol = _descent(model, inputs, targets, jnp.asarray(lr, dtype), steps, every, optimizer, observer, loss, key)
     return _report(sol, throw, "gradient descent")
 
 
 @eqx.filter_jit
-def _descent(model, inputs, targets, lr, steps, every, optimizer, observer, loss):
+def _descent(model, inputs, targets, lr, steps, every, optimizer, observer, loss, key):
     params, static = eqx.partition(model, eqx.is_inexact_array)
     # Built here from the traced lr, so that a new lr reuses the compiled scan.
     optimizer = optax.sgd(lr) if optimizer is None else optimizer
     opt_state = optimizer.init(params)
 
     def step(carry, _):
-        p, s = carry
-        grads = jax.grad(lambda q: loss(eqx.combine(q, static), inputs, targets))(p)
+        p, s, k = carry
+        if k is None:
+            grads = jax.grad(lambda q: loss(eqx.combine(q, static), inputs, targets))(p)
+        else:
+            k, sub = jax.random.split(k)
+            grads = jax.grad(lambda q: loss(eqx.combine(q, static), inputs, targets, key=sub))(p)
         updates, s = optimizer.update(grads, s, p)
-        return (optax.apply_updates(p, updates), s), None
+        return (optax.apply_updates(p, updates), s, k), None
 
     def block(carry, _):
         carry, _ = jax.lax.scan(step, carry, None, length=every)
@@ -415,9 +435,9 @@ def _descent(model, inputs, targets, lr, steps, every, optimizer, observer, loss
 
     first = observer(model, inputs, targets)
     n_obs = steps // every
-    (p, s), rest = jax.lax.scan(block, (params, opt_state), None, length=n_obs)
+    (p, s, k), rest = jax.lax.scan(block, (params, opt_state, key), None, length=n_obs)
     if steps % every:
-        (p, s), _ = jax.lax.scan(step, (p, s), None, length=steps % every)
+        (p, s, k), _ = jax.lax.scan(step, (p, s, k), None, length=steps % every)
     observed = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
     ts = lr * every * jnp.arange(n_obs + 1, dtype=lr.dtype)
     finite_rows = jnp.stack(

@@ -11,16 +11,21 @@
 import math
 from typing import Any, NamedTuple
 
+import equinox as eqx
+import jax
 import jax.numpy as jnp
+import optax
 from jaxtyping import Array, PRNGKeyArray
 
 import models
 
 
 class Setting(NamedTuple):
-    """One row of THEORY.md §5."""
+    """One row of the authors' two-point settings (THEORY.md §5; `model_settings/2 points.txt` of
+    their repository): architecture, activation, gain, learning rate, width P, hidden layers L, epochs,
+    observed hidden layer, optimiser."""
 
-    model: str  # "MLP", "ResMLP", "CNN1d"
+    model: str  # a name in MODELS
     activation: str
     gain: float
     lr: float
@@ -28,6 +33,7 @@ class Setting(NamedTuple):
     depth: int
     epochs: int
     layer: int
+    optimizer: str = "sgd"  # "sgd" (full-batch gradient descent) or "adam"
 
 
 SETTINGS: dict[str, Setting] = {
@@ -39,11 +45,31 @@ SETTINGS: dict[str, Setting] = {
     "tanh": Setting("MLP", "tanh", 0.85, 0.0025, 500, 20, 3000, 10),
     "relu": Setting("MLP", "relu", 1.0, 0.01, 500, 20, 3000, 10),
     "swish": Setting("MLP", "silu", 1.7, 0.005, 500, 20, 3000, 10),
-    "skip": Setting("ResMLP", "leaky_relu", 0.1, 0.02, 500, 20, 3000, 10),
-    "cnn": Setting("CNN1d", "leaky_relu", 0.95, 0.004, 500, 10, 3000, 5),
+    "skip": Setting("SkipMLP", "leaky_relu", 0.1, 0.02, 500, 20, 3000, 10),
+    "cnn": Setting("ValidCNN1d", "leaky_relu", 0.95, 0.004, 500, 10, 3000, 5),
+    # The authors' hidden_layer 5 indexes a list that holds every dropout module's output too
+    # (input, hidden 0, its dropout, hidden 1, its dropout, hidden 2): it is hidden layer 2.
+    "dropout": Setting("DropoutMLP", "leaky_relu", 1.0, 0.01, 500, 10, 3000, 2),
+    "gain_0.9": Setting("MLP", "leaky_relu", 0.9, 0.03, 500, 20, 3000, 10),
+    "gain_1.1": Setting("MLP", "leaky_relu", 1.1, 0.005, 500, 20, 3000, 10),
+    "gain_1.2": Setting("MLP", "leaky_relu", 1.2, 0.0025, 500, 20, 3000, 10),
+    "gain_1.3": Setting("MLP", "leaky_relu", 1.3, 0.0015, 500, 20, 3000, 10),
+    "gain_1.4": Setting("MLP", "leaky_relu", 1.4, 0.0005, 500, 20, 3000, 10),
+    "gain_1.6": Setting("MLP", "leaky_relu", 1.6, 3e-6, 500, 20, 3000, 10),
+    "adam": Setting("MLP", "leaky_relu", 1.0, 1e-6, 500, 20, 3000, 10, "adam"),
     "two_layer": Setting("MLP", "none", 0.1, 0.01, 500, 1, 3000, 0),
+    # This project's variants (not the authors'): a one-layer residual MLP and a 'same'-padded CNN.
+    "skip_residual": Setting("ResMLP", "leaky_relu", 0.1, 0.02, 500, 20, 3000, 10),
+    "cnn_same": Setting("CNN1d", "leaky_relu", 0.95, 0.004, 500, 10, 3000, 5),
 }
-"""The reference settings by name (the gain series `gain_g` is `two_points("default", gain=g, lr=...)`)."""
+"""The authors' two-point settings by name, in their file's order, then this project's own variants."""
+
+PAPER_ROWS: tuple[str, ...] = tuple(name for name in SETTINGS if name not in ("skip_residual", "cnn_same"))
+"""The rows of the authors' settings file (every one of them)."""
+
+MODELS = {"MLP": models.MLP, "ResMLP": models.ResMLP, "CNN1d": models.CNN1d, "SkipMLP": models.SkipMLP,
+          "ValidCNN1d": models.ValidCNN1d, "DropoutMLP": models.DropoutMLP}
+"""Architecture names of `Setting.model`."""
 
 DX2, DY2 = 1.0, 0.5
 """Squared input and target distances of the reference two-point data."""
@@ -62,6 +88,12 @@ class TwoPointExperiment(NamedTuple):
     epochs: int
     t1: float  # = lr · epochs, the gradient-flow time of the paper's run
     setting: Setting
+    optimizer: Any = None  # an optax optimizer for `gradient_descent(optimizer=)`; None: plain SGD at `lr`
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether training is stochastic (dropout): no gradient-flow ODE; `gradient_descent(key=)`."""
+        return self.setting.model == "DropoutMLP"
 
 
 def two_point_data(dx2: float = DX2, dy2: float = DY2, *, in_size: int = 1, out_size: int = 1, x0: float = -1.0,
@@ -86,7 +118,7 @@ def two_point_data(dx2: float = DX2, dy2: float = DY2, *, in_size: int = 1, out_
 
 def two_points(setting: str = "default", *, key: PRNGKeyArray, width: int | None = None, depth: int | None = None,
                gain: float | None = None, lr: float | None = None, layer: int | None = None, x0: float = -1.0,
-               ) -> TwoPointExperiment:
+               dtype=None) -> TwoPointExperiment:
     """Build the data and network of a row of THEORY.md §5.
 
     **Arguments:**
@@ -96,6 +128,12 @@ def two_points(setting: str = "default", *, key: PRNGKeyArray, width: int | None
     - `width`, `depth`, `gain`, `lr`, `layer`: override the row (e.g. smaller networks for tests and
       quick runs; `gain`/`lr` for the gain series).
     - `x0`: the first input (−1 in the paper; see `two_point_data` on the kink).
+    - `dtype`: cast the network's parameters and the data (e.g. `jnp.float32`, the authors' precision);
+      default: JAX's default float.
+
+    The "adam" row's `optimizer` is `optax.adam(lr)` (PyTorch's defaults β = (0.9, 0.999), ε = 1e-8);
+    the others train with plain gradient descent. The "dropout" row's network is a
+    `models.DropoutMLP` (p = 0.1): train it with `gradient_descent(..., key=)`.
 
     **Returns:** a `TwoPointExperiment`.
     """
@@ -113,12 +151,16 @@ def two_points(setting: str = "default", *, key: PRNGKeyArray, width: int | None
     row = row._replace(layer=layer)
     if not 0 <= row.layer < row.depth:
         raise ValueError(f"`layer` must be in [0, {row.depth - 1}], got {row.layer}.")
-    cls = {"MLP": models.MLP, "ResMLP": models.ResMLP, "CNN1d": models.CNN1d}[row.model]
-    model = cls(1, 1, row.width, row.depth, activation=row.activation, gain=row.gain, key=key)
+    extra = {"p": 0.1} if row.model == "DropoutMLP" else {}
+    model = MODELS[row.model](1, 1, row.width, row.depth, activation=row.activation, gain=row.gain, key=key, **extra)
     inputs, targets = two_point_data(x0=x0)
+    if dtype is not None:
+        model = jax.tree_util.tree_map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, model)
+        inputs, targets = inputs.astype(dtype), targets.astype(dtype)
+    optimizer = optax.adam(row.lr) if row.optimizer == "adam" else None
     return TwoPointExperiment(
         name=setting, model=model, inputs=inputs, targets=targets, layer=row.layer, lr=row.lr,
-        epochs=row.epochs, t1=row.lr * row.epochs, setting=row,
+        epochs=row.epochs, t1=row.lr * row.epochs, setting=row, optimizer=optimizer,
     )
 
 

@@ -118,6 +118,92 @@ class ResMLP(eqx.Module):
                 Stack(None, self.blocks[layer:], self.readout, self.activation, residual=True))
 
 
+class SkipMLP(eqx.Module):
+    """The skip-connection network of van Rossem & Saxe (2024): `h₀ = act(W₀·x + b₀)`,
+    `h₁ = act(W₁·h₀ + b₁)`, then `h_n = act(W_n·h_{n−1} + b_n) + h_{n−2}` (each layer adds the
+    representation from two layers below), linear read-out of the last.
+
+    Same arguments, initialisation and call convention as `MLP` (`depth` hidden layers). The paper's
+    "skip" setting: width 500, depth 20, leaky ReLU, gain 0.1, observed layer 10. (`ResMLP` is the
+    common one-layer residual variant.) No `split`: the decoder of a layer reads two layers, so the
+    tangent-kernel rates (`predict_effective_rates`) are not offered for it.
+    """
+
+    layers: tuple[Dense, ...]
+    readout: Dense
+    activation: str = eqx.field(static=True)
+
+    def __init__(self, in_size: int, out_size: int, width: int, depth: int, activation: str = "leaky_relu",
+                 gain: float = 1.0, *, key: PRNGKeyArray):
+        keys = _checked_keys(in_size, out_size, width, depth, activation, gain, key)
+        sizes = [in_size] + [width] * depth
+        self.layers = tuple(Dense(sizes[i], sizes[i + 1], gain, key=keys[i]) for i in range(depth))
+        self.readout = Dense(width, out_size, gain, key=keys[-1])
+        self.activation = activation
+
+    def __call__(self, x):
+        act = get_activation(self.activation)
+        hiddens = []
+        h = x
+        for n, layer in enumerate(self.layers):
+            h = act(layer(h))
+            if n >= 2:
+                h = h + hiddens[-2]
+            hiddens.append(h)
+        return self.readout(h), tuple(hiddens)
+
+
+class DropoutMLP(eqx.Module):
+    """An `MLP` with dropout before every linear layer (the input's and the read-out's included), as
+    in van Rossem & Saxe's dropout runs (p = 0.1).
+
+    Called with `key=None` (the default) it is deterministic: dropout off, exactly the `MLP` with the
+    same weights (what the authors observe, in PyTorch's `eval()` mode). With a `key` each unit is
+    zeroed with probability `p` and the kept ones scaled by `1/(1 − p)` (PyTorch's training mode).
+    Training is then a stochastic process with no gradient-flow ODE: use `gradient_descent(..., key=)`.
+
+    !!! example
+
+        ```python
+        net = models.DropoutMLP(1, 1, width=500, depth=10, gain=1.0, p=0.1, key=jax.random.key(0))
+        gd = flowsolve.gradient_descent(net, x, y, 0.01, 3000, layer=2, key=jax.random.key(1))
+        ```
+    """
+
+    layers: tuple[Dense, ...]
+    readout: Dense
+    activation: str = eqx.field(static=True)
+    p: float = eqx.field(static=True)
+
+    def __init__(self, in_size: int, out_size: int, width: int, depth: int, activation: str = "leaky_relu",
+                 gain: float = 1.0, *, p: float = 0.1, key: PRNGKeyArray):
+        if not 0 <= p < 1:
+            raise ValueError(f"`p` must be in [0, 1), got {p!r}.")
+        keys = _checked_keys(in_size, out_size, width, depth, activation, gain, key)
+        sizes = [in_size] + [width] * depth
+        self.layers = tuple(Dense(sizes[i], sizes[i + 1], gain, key=keys[i]) for i in range(depth))
+        self.readout = Dense(width, out_size, gain, key=keys[-1])
+        self.activation = activation
+        self.p = p
+
+    def __call__(self, x, *, key: PRNGKeyArray | None = None):
+        act = get_activation(self.activation)
+        keys = [None] * (len(self.layers) + 1) if key is None else list(jax.random.split(key, len(self.layers) + 1))
+
+        def drop(h, k):
+            if k is None or self.p == 0:
+                return h
+            keep = jax.random.bernoulli(k, 1 - self.p, h.shape)
+            return jnp.where(keep, h / (1 - self.p), jnp.zeros_like(h))
+
+        hiddens = []
+        h = x
+        for layer, k in zip(self.layers, keys):
+            h = act(layer(drop(h, k)))
+            hiddens.append(h)
+        return self.readout(drop(h, keys[-1])), tuple(hiddens)
+
+
 class DeepLinear(eqx.Module):
     """A deep linear network `W_L ⋯ W₁·x` (no biases, no activations), `depth` hidden layers.
 

@@ -105,7 +105,7 @@ def test_demo_and_reproduce_commands(tmp_path):
     proc = cli("demo", "--width", "8", "--rtol", "1e-4", "--out", tmp_path / "demo")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 10_000
-    assert "flow:" in (tmp_path / "demo" / "summary.txt").read_text()
+    assert "predicted final ‖dh‖² = h(∞)" in (tmp_path / "demo" / "summary.txt").read_text()
     # A relative --out is the caller's folder (the script itself runs in the source tree).
     proc = cli("reproduce", "regimes", "--fast", "--out", "results", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -37,7 +37,10 @@ def test_main_demo_network_small(tmp_path):
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "flow:" in proc.stdout and "GD:" in proc.stdout
+    for line in ("fitted η_h (± s.e.)", "A_low = √(η_h/η_y·dx2·dy2)", "predicted final ‖dh‖² = h(∞)",
+                 "network's final ‖dh‖²"):
+        assert line in proc.stdout
+    assert "A  default row, as in the paper: MLP 20 × 8" in proc.stdout
     assert out.stat().st_size > 10_000
 
 

@@ -283,7 +283,8 @@ def test_output_shape_check_is_cached_by_structure_and_still_checks():
 
 def test_experiments_table():
     for name, row in fs.experiments.SETTINGS.items():
-        exp = fs.experiments.two_points(name, key=jax.random.key(0), width=12, depth=min(row.depth, 3))
+        width = 64 if row.model == "ValidCNN1d" else 12  # four valid 11-wide convolutions need > 40
+        exp = fs.experiments.two_points(name, key=jax.random.key(0), width=width, depth=min(row.depth, 3))
         out, hiddens = exp.model(exp.inputs[0])
         assert out.shape == (1,)
         assert 0 <= exp.layer < len(hiddens)
@@ -299,3 +300,60 @@ def test_experiments_table():
         fs.experiments.two_point_data(0.0, 0.5)
     with pytest.raises(ValueError, match="Unknown setting"):
         fs.experiments.two_points("nope", key=jax.random.key(0))
+
+
+def test_authors_architectures():
+    """The skip, CNN and dropout networks as van Rossem & Saxe define them (their `models.py`)."""
+    key = jax.random.key(3)
+    x = jnp.array([0.7])
+    # Skip: h_n = act(W_n h_{n-1} + b_n) + h_{n-2} from n = 2 on.
+    net = models.SkipMLP(1, 1, 6, 5, activation="tanh", key=key)
+    _, hid = net(x)
+    act = jnp.tanh
+    h0 = act(net.layers[0](x))
+    h1 = act(net.layers[1](h0))
+    h2 = act(net.layers[2](h1)) + h0
+    h3 = act(net.layers[3](h2)) + h1
+    for got, want in zip(hid, (h0, h1, h2, h3)):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    # CNN: linear → valid convs (1 → C, C → C, …, C → 1), every layer activated, linear read-out.
+    cnn = models.ValidCNN1d(1, 1, 60, 3, kernel_size=5, channels=4, key=key)
+    out, hid = cnn(x)
+    assert [h.shape for h in hid] == [(60,), (4, 56), (4, 52), (4, 48), (1, 44)]
+    assert cnn.readout.weight.shape == (1, 44)
+    assert out.shape == (1,)
+    full = fs.experiments.two_points("cnn", key=key)
+    _, hid = full.model(full.inputs[0])
+    assert len(hid) == 12 and hid[full.layer].shape == (20, 450)  # the authors' layer 5: the fifth convolution
+    with pytest.raises(ValueError, match="too short"):
+        models.ValidCNN1d(1, 1, 40, 3, key=key)
+    # Dropout: deterministic without a key (= the MLP with the same weights), masks with one.
+    drop = models.DropoutMLP(1, 1, 50, 3, p=0.5, key=key)
+    mlp = models.MLP(1, 1, 50, 3, key=key)
+    np.testing.assert_allclose(drop(x)[0], mlp(x)[0], rtol=1e-12)
+    a, b = drop(x, key=jax.random.key(1))[1][1], drop(x, key=jax.random.key(2))[1][1]
+    assert not np.allclose(a, b)
+    with pytest.raises(ValueError, match="`p`"):
+        models.DropoutMLP(1, 1, 5, 2, p=1.0, key=key)
+    assert fs.experiments.SETTINGS["dropout"].layer == 2
+
+
+def test_gradient_descent_stochastic_and_adam():
+    exp = fs.experiments.two_points("dropout", key=jax.random.key(0), width=16, depth=3, layer=1)
+    runs = [fs.gradient_descent(exp.model, exp.inputs, exp.targets, 0.05, 40, layer=1, key=jax.random.key(k))
+            for k in (1, 1, 2)]
+    np.testing.assert_array_equal(runs[0].observed["h"], runs[1].observed["h"])  # same key, same masks
+    assert not np.allclose(runs[0].observed["h"], runs[2].observed["h"])
+    plain = fs.gradient_descent(exp.model, exp.inputs, exp.targets, 0.05, 40, layer=1)
+    assert not np.allclose(plain.observed["h"], runs[0].observed["h"])
+    with pytest.raises(ValueError, match="`key`"):
+        fs.gradient_descent(exp.model, exp.inputs, exp.targets, 0.05, 4, key=3)
+    adam = fs.experiments.two_points("adam", key=jax.random.key(0), width=16, depth=3)
+    assert adam.setting.optimizer == "adam" and adam.optimizer is not None
+    gd = fs.gradient_descent(adam.model, adam.inputs, adam.targets, 1e-3, 50, layer=1, optimizer=adam.optimizer)
+    assert gd.observed["loss"][-1] < gd.observed["loss"][0]
+    assert set(fs.experiments.PAPER_ROWS) >= {"gain_0.9", "gain_1.1", "gain_1.2", "gain_1.3", "gain_1.4", "gain_1.6",
+                                              "adam", "dropout", "skip", "cnn"}
+    assert fs.experiments.SETTINGS["gain_1.2"].lr == 0.0025 and fs.experiments.SETTINGS["gain_1.6"].lr == 3e-6
+    f32 = fs.experiments.two_points("default", key=jax.random.key(0), width=8, dtype=jnp.float32)
+    assert f32.model.layers[0].weight.dtype == jnp.float32 and f32.inputs.dtype == jnp.float32

@@ -1,0 +1,331 @@
+"""The paper's two-point experiments at the paper's size, trained as the authors trained them.
+
+Every row of the authors' settings file (THEORY.md §5; `model_settings/2 points.txt` of
+van Rossem & Saxe's repository): the eight architectures/activations, skip and CNN as the authors
+define them, dropout, the six gains each at its own learning rate, Adam and the two-layer linear
+network — width 500 (narrow: 50), full-batch gradient descent in float32 (PyTorch's precision)
+with PyTorch's kink convention, then the reduced theory fitted to each run (float64).
+
+Protocols (the learning-rate ladder; `t = lr · epoch` is the gradient-flow clock of every run):
+- `lr/2`: the authors' trajectory figures (their notebook halves the settings file's lr and doubles
+  its epochs) — over `--seeds` seeds; the universality table's main columns.
+- `lr` and `lr/4` (4× the epochs): the same gradient-flow time at a larger and a smaller step, over
+  `--ladder-seeds` seeds: does the verdict depend on the step size (GD → flow)?
+
+Verdict rule, fixed before any number: the worst normalised error (RMSE / range of the network's
+curve) over h, y, w and the loss; *tracks* ≤ 5 %, *rough* ≤ 15 %, *fails* above.
+
+    python examples/paper.py --out docs/results/paper            # the committed results (hours on 2 CPU cores)
+    python examples/paper.py --fast --out /tmp/paper             # a smoke run: width 16, depth 4, few epochs
+
+Every run is stored in `--out/runs/` the moment it finishes (an interrupted invocation resumes where
+it stopped); `trajectories.csv` (every run's observed curves) and `fits.csv` (one line per run) are
+then rewritten, and the tables (`universality.md`) and figures (`universality.png`,
+`gain_series.png`) are made from those two files alone: `--report-only` remakes them from the
+committed CSVs without training anything.
+"""
+
+import argparse
+import csv
+import math
+import pathlib
+import time
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+import flowsolve as fs  # noqa: E402
+
+DX2, DY2 = fs.experiments.DX2, fs.experiments.DY2
+ROWS = list(fs.experiments.PAPER_ROWS)
+GAIN_ROWS = ["gain_0.9", "default", "gain_1.1", "gain_1.2", "gain_1.3", "gain_1.4", "gain_1.6"]
+PROTOCOLS = {"lr/2": 0.5, "lr": 1.0, "lr/4": 0.25}  # learning-rate factor; epochs scale by its inverse
+SAMPLES = 300  # observations per run (the authors observe every epoch; the fit needs far fewer)
+CURVES = ("h", "y", "w", "m", "loss")
+FIT_KEYS = ["row", "protocol", "seed", "lr", "epochs", "t1", "ok", "converged", "eta_h", "eta_h_se", "eta_y",
+            "eta_y_se", "eta_mean", "err_h", "err_y", "err_w", "err_loss", "worst", "verdict", "h0", "y0",
+            "h_final", "A_low", "A_high", "h_inf", "seconds"]
+
+
+def verdict(worst: float) -> str:
+    if not math.isfinite(worst):
+        return "no fit"
+    return "tracks" if worst <= 0.05 else "rough" if worst <= 0.15 else "fails"
+
+
+def train(row: str, protocol: str, seed: int, fast: bool) -> dict:
+    """One network trained by full-batch GD (Adam for the adam row; dropout's masks drawn per step)."""
+    factor = PROTOCOLS[protocol]
+    sizes = dict(width=64 if row == "cnn" else 16, depth=4) if fast else {}
+    exp = fs.experiments.two_points(row, key=jax.random.key(seed), dtype=jnp.float32, **sizes)
+    epochs = (60 if fast else exp.epochs)
+    lr, epochs = exp.lr * factor, int(round(epochs / factor))
+    optimizer = None
+    if exp.setting.optimizer == "adam":
+        import optax
+
+        optimizer = optax.adam(lr)
+    every = max(1, epochs // (30 if fast else SAMPLES))
+    start = time.perf_counter()
+    gd = fs.gradient_descent(exp.model, exp.inputs, exp.targets, lr, epochs, layer=exp.layer, every=every,
+                             optimizer=optimizer, key=jax.random.key(10_000 + seed) if exp.stochastic else None,
+                             throw=False)
+    run = {"row": row, "protocol": protocol, "seed": seed, "lr": lr, "epochs": epochs,
+           "ok": bool(gd.result == fs.RESULTS.successful), "ts": np.asarray(gd.ts, np.float64),
+           **{k: np.asarray(gd.observed[k], np.float64) for k in CURVES}}
+    run["seconds"] = time.perf_counter() - start
+    return run
+
+
+def fit(run: dict) -> dict:
+    """The reduced theory fitted to one run (η_h, η_y, η̄ in gradient-flow time), its errors, and the
+    closed-form fixed point with the fitted rates against the network's final ‖dh‖²."""
+    ts = run["ts"]
+    out = {k: run[k] for k in ("row", "protocol", "seed", "lr", "epochs", "ok", "seconds")}
+    out |= {"t1": float(ts[-1]), "h0": float(run["h"][0]), "y0": float(run["y"][0]),
+            "h_final": float(run["h"][-1])}
+    nan = float("nan")
+    empty = {k: nan for k in ("eta_h", "eta_h_se", "eta_y", "eta_y_se", "eta_mean", "err_h", "err_y", "err_w",
+                              "err_loss", "worst", "A_low", "A_high", "h_inf")}
+    if not run["ok"]:
+        return out | empty | {"converged": False, "verdict": "diverged"}
+    m = np.maximum(run["m"], 0.0)
+    try:
+        f = fs.fit_effective_rates(ts, run["h"], run["y"], run["w"], DX2, DY2, m=m)
+    except ValueError as e:  # data the theory cannot take (e.g. curves that never move): said, not fitted
+        print(f"  {run['row']} {run['protocol']} seed {run['seed']}: not fitted: {e}")
+        return out | empty | {"converged": False, "verdict": "no fit"}
+    errors = {k: float(f.errors[k]) for k in ("h", "y", "w", "loss")}
+    worst = max(errors.values())
+    a_low, a_high, h_inf = f.theory.fixed_point(run["h"][0], run["y"][0])
+    return out | {
+        "converged": bool(f.converged), "eta_h": float(f.eta_h), "eta_h_se": float(f.eta_h_se),
+        "eta_y": float(f.eta_y), "eta_y_se": float(f.eta_y_se), "eta_mean": float(f.eta_mean),
+        **{f"err_{k}": v for k, v in errors.items()}, "worst": worst,
+        "verdict": verdict(worst) if bool(f.converged) else "no fit",
+        "A_low": float(a_low), "A_high": float(a_high), "h_inf": float(h_inf),
+    }
+
+
+def load_runs(out: pathlib.Path) -> dict[tuple, dict]:
+    """Every finished run: the store's files, else the committed trajectories.csv."""
+    runs: dict[tuple, dict] = {}
+    table = out / "trajectories.csv"
+    if table.exists():
+        data = np.genfromtxt(table, delimiter=",", names=True, dtype=None, encoding="utf-8")
+        for key in sorted({(str(r["row"]), str(r["protocol"]), int(r["seed"])) for r in data}):
+            sel = data[(data["row"] == key[0]) & (data["protocol"] == key[1]) & (data["seed"] == key[2])]
+            runs[key] = {"row": key[0], "protocol": key[1], "seed": key[2], "lr": float(sel["lr"][0]),
+                         "epochs": int(sel["epochs"][0]), "ok": bool(sel["ok"][0]),
+                         "seconds": float(sel["seconds"][0]), "ts": sel["t"].astype(float),
+                         **{k: sel[k].astype(float) for k in CURVES}}
+    for file in sorted((out / "runs").glob("*.npz")):
+        stored = np.load(file, allow_pickle=False)
+        run = {k: stored[k] for k in stored.files}
+        run = {**{k: run[k] for k in ("ts", *CURVES)}, "row": str(run["row"]), "protocol": str(run["protocol"]),
+               "seed": int(run["seed"]), "lr": float(run["lr"]), "epochs": int(run["epochs"]),
+               "ok": bool(run["ok"]), "seconds": float(run["seconds"])}
+        runs[(run["row"], run["protocol"], run["seed"])] = run
+    return runs
+
+
+def store(run: dict, out: pathlib.Path) -> None:
+    name = f"{run['row']}-{run['protocol'].replace('/', '_')}-seed{run['seed']}"
+    tmp = out / "runs" / f"{name}.tmp.npz"
+    np.savez(tmp, **run)
+    tmp.replace(out / "runs" / f"{name}.npz")  # atomic: a killed run leaves no half file under the final name
+
+
+def write_csvs(runs: dict, fits: list[dict], out: pathlib.Path) -> None:
+    with open(out / "trajectories.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["row", "protocol", "seed", "lr", "epochs", "ok", "seconds", "t", *CURVES])
+        for run in runs.values():
+            for i in range(len(run["ts"])):
+                w.writerow([run["row"], run["protocol"], run["seed"], f"{run['lr']:.6g}", run["epochs"],
+                            int(run["ok"]), f"{run['seconds']:.2f}", f"{run['ts'][i]:.8g}",
+                            *(f"{run[k][i]:.8g}" for k in CURVES)])
+    with open(out / "fits.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, FIT_KEYS)
+        w.writeheader()
+        for r in fits:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items() if k in FIT_KEYS})
+
+
+def read_fits(out: pathlib.Path) -> list[dict]:
+    with open(out / "fits.csv") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k in FIT_KEYS:
+            if k in ("row", "protocol", "verdict"):
+                continue
+            if k in ("ok", "converged"):
+                r[k] = r[k] == "True"
+            else:
+                r[k] = float(r[k])
+    return rows
+
+
+def ms(values) -> str:
+    values = np.asarray([v for v in values if math.isfinite(v)])
+    if values.size == 0:
+        return "–"
+    return f"{values.mean():.3g} ± {values.std():.2g}" if values.size > 1 else f"{values[0]:.3g}"
+
+
+def report(out: pathlib.Path, fast: bool) -> str:
+    """The universality table (lr/2 over seeds, with the ladder's verdicts) from fits.csv."""
+    fits = read_fits(out)
+    by = {}
+    for r in fits:
+        by.setdefault((r["row"], r["protocol"]), []).append(r)
+    lines = [
+        "Verdict: worst normalised error (RMSE / range) over h, y, w and the loss — *tracks* ≤ 5 %, "
+        "*rough* ≤ 15 %, *fails* above. Main columns: protocol lr/2 (the authors' figures), mean ± sd "
+        "over seeds; η in gradient-flow time (t = lr · epoch). Ladder: the verdict of every seed at lr, "
+        "lr/2 and lr/4; *robust* when all agree.",
+        "",
+        "| row | seeds | err h | err y | err w | err loss | η_h | η_y | η_h/η_y | final ‖dh‖²: network | "
+        "closed form (fitted η) | verdict lr/2 | ladder lr · lr/2 · lr/4 | robust |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in ROWS:
+        main = by.get((row, "lr/2"), [])
+        if not main:
+            continue
+        verdicts = {p: [r["verdict"] for r in by.get((row, p), [])] for p in ("lr", "lr/2", "lr/4")}
+        every = [v for vs in verdicts.values() for v in vs]
+        robust = "yes" if len(set(every)) == 1 else "no"
+        worst = [r["worst"] for r in main]
+        ladder = " · ".join(("/".join(sorted(set(v))) if v else "–") for v in verdicts.values())
+        lines.append(
+            f"| {row} | {len(main)} | " + " | ".join(ms([r[f"err_{k}"] for r in main]) for k in ("h", "y", "w", "loss"))
+            + f" | {ms([r['eta_h'] for r in main])} | {ms([r['eta_y'] for r in main])} | "
+            + f"{ms([r['eta_h'] / r['eta_y'] for r in main])} | {ms([r['h_final'] for r in main])} | "
+            + f"{ms([r['h_inf'] for r in main])} | {verdict(float(np.mean(worst)))} "
+            + f"({sum(v == 'tracks' for v in verdicts['lr/2'])}/{len(main)} tracks) | {ladder} | {robust} |"
+        )
+    table = "\n".join(lines)
+    (out / "universality.md").write_text(table + "\n")
+    figures(out, by)
+    return table
+
+
+def figures(out: pathlib.Path, by: dict) -> None:
+    runs = load_runs(out)
+    shown = [row for row in ROWS if (row, "lr/2", 0) in runs]
+    if not shown:
+        return
+    cols = 5
+    nrows = math.ceil(len(shown) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.3 * cols, 2.7 * nrows), squeeze=False)
+    for ax, row in zip(axes.flat, shown):
+        run = runs[(row, "lr/2", 0)]
+        fitted = [r for r in by.get((row, "lr/2"), []) if r["seed"] == 0.0]
+        for k, color in zip(("h", "y", "w"), ("C0", "C1", "C2")):
+            ax.plot(run["ts"], run[k], color=color, label=k)
+        if fitted and math.isfinite(fitted[0]["eta_h"]):
+            r = fitted[0]
+            theory = fs.EffectiveTheory(r["eta_h"], r["eta_y"], DX2, DY2)
+            sol = fs.solve_theory(theory, [run["h"][0], run["y"][0], run["w"][0]], float(run["ts"][-1]),
+                                  ts=run["ts"], throw=False)
+            for k, color in zip(("h", "y", "w"), ("C0", "C1", "C2")):
+                ax.plot(run["ts"], np.asarray(getattr(sol, k)), color=color, ls="--")
+            ax.set_title(f"{row}: {r['verdict']} ({r['worst']:.1%})", fontsize=9)
+        else:
+            ax.set_title(f"{row}: no fit", fontsize=9)
+        ax.set_xlabel("t = lr · epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(shown):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("network trained by GD (solid) and the fitted reduced theory (dashed); seed 0, lr/2 protocol")
+    fig.tight_layout()
+    fig.savefig(out / "universality.png", dpi=100)
+    plt.close(fig)
+
+    gains = [(row, fs.experiments.SETTINGS[row].gain) for row in GAIN_ROWS if by.get((row, "lr/2"))]
+    if gains:
+        fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+        for row, g in gains:
+            rs = by[(row, "lr/2")]
+            a.plot([g] * len(rs), [r["h_final"] for r in rs], "o", color="k", ms=4)
+            a.plot([g] * len(rs), [r["h_inf"] for r in rs], "x", color="C3", ms=6)
+            b.plot([g] * len(rs), [r["worst"] for r in rs], "o", color="C0", ms=4)
+        a.plot([], [], "o", color="k", label="network, end of training")
+        a.plot([], [], "x", color="C3", label="closed form h(∞), fitted rates")
+        a.set_yscale("log")
+        a.set_xlabel("initial weight gain")
+        a.set_ylabel("final ‖dh‖²")
+        a.legend(fontsize=8)
+        b.axhline(0.05, color="g", lw=0.8, ls=":")
+        b.axhline(0.15, color="r", lw=0.8, ls=":")
+        b.set_yscale("log")
+        b.set_xlabel("initial weight gain")
+        b.set_ylabel("worst normalised fit error")
+        fig.suptitle("gain series (each gain at the authors' lr, halved), all seeds")
+        fig.tight_layout()
+        fig.savefig(out / "gain_series.png", dpi=100)
+        plt.close(fig)
+
+
+def sorted_fits(fits_by_key: dict) -> list[dict]:
+    order = {row: i for i, row in enumerate(ROWS)}
+    return sorted(fits_by_key.values(), key=lambda r: (order.get(r["row"], 99), r["protocol"], r["seed"]))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=5, help="seeds of the lr/2 protocol")
+    parser.add_argument("--ladder-seeds", type=int, default=2, help="seeds of the lr and lr/4 protocols")
+    parser.add_argument("--rows", default="all", help="comma-separated rows, e.g. default,tanh,gain_1.2")
+    parser.add_argument("--fast", action="store_true", help="a smoke run: width 16, depth 4, 120 epochs at lr/2")
+    parser.add_argument("--report-only", action="store_true", help="remake tables and figures from the CSVs")
+    parser.add_argument("--out", default="paper")
+    args = parser.parse_args()
+    out = pathlib.Path(args.out)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    rows = ROWS if args.rows == "all" else args.rows.split(",")
+    unknown = [r for r in rows if r not in fs.experiments.SETTINGS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {ROWS}")
+    if args.fast:
+        args.seeds, args.ladder_seeds = min(args.seeds, 1), min(args.ladder_seeds, 1)
+    if not args.report_only:
+        runs = load_runs(out)
+        jobs = [(row, "lr/2", s) for s in range(args.seeds) for row in rows]
+        jobs += [(row, p, s) for s in range(args.ladder_seeds) for p in ("lr", "lr/4") for row in rows]
+        todo = [j for j in jobs if j not in runs]
+        print(f"{len(jobs)} runs, {len(jobs) - len(todo)} stored, {len(todo)} to train", flush=True)
+        fits_by_key = {}
+        if (out / "fits.csv").exists():
+            fits_by_key = {(r["row"], r["protocol"], int(r["seed"])): r for r in read_fits(out)}
+        for i, job in enumerate(todo):
+            run = train(*job, fast=args.fast)
+            store(run, out)
+            runs[job] = run
+            r = fit(run)
+            fits_by_key[job] = r
+            print(f"[{i + 1}/{len(todo)}] {job[0]:10s} {job[1]:4s} seed {job[2]}: {r['verdict']:7s} "
+                  f"worst {r['worst']:.3f}  η_h {r['eta_h']:.3g} ± {r['eta_h_se']:.2g}  η_y {r['eta_y']:.3g}  "
+                  f"h_final {r['h_final']:.4g} vs h(∞) {r['h_inf']:.4g}  ({r['seconds']:.0f} s)", flush=True)
+            if i % 10 == 9:  # the CSVs follow the store as it grows
+                write_csvs(runs, sorted_fits(fits_by_key), out)
+        for job, run in runs.items():  # runs stored earlier but not yet fitted
+            if job not in fits_by_key:
+                fits_by_key[job] = fit(run)
+        write_csvs(runs, sorted_fits(fits_by_key), out)
+    print(report(out, args.fast))
+    print(f"wrote {out / 'universality.md'}, {out / 'fits.csv'}, {out / 'trajectories.csv'}, figures")
+
+
+if __name__ == "__main__":
+    main()
