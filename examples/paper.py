@@ -48,6 +48,10 @@ DX2, DY2 = fs.experiments.DX2, fs.experiments.DY2
 ROWS = list(fs.experiments.PAPER_ROWS)
 GAIN_ROWS = ["gain_0.9", "default", "gain_1.1", "gain_1.2", "gain_1.3", "gain_1.4", "gain_1.6"]
 PROTOCOLS = {"lr/2": 0.5, "lr": 1.0, "lr/4": 0.25}  # learning-rate factor; epochs scale by its inverse
+# The exact gradient flow (the lr → 0 limit) where it is well defined: smooth activations, plain GD rows.
+SMOOTH_ROWS = [r for r in ROWS if fs.experiments.SETTINGS[r].activation in ("tanh", "elu", "silu", "none")
+               and fs.experiments.SETTINGS[r].optimizer == "sgd"]
+FLOW_RTOL = 1e-5
 SAMPLES = 300  # observations per run (the authors observe every epoch; the fit needs far fewer)
 CURVES = ("h", "y", "w", "m", "loss")
 FIT_KEYS = ["row", "protocol", "seed", "lr", "epochs", "t1", "ok", "converged", "eta_h", "eta_h_se", "eta_y",
@@ -61,8 +65,24 @@ def verdict(worst: float) -> str:
     return "tracks" if worst <= 0.05 else "rough" if worst <= 0.15 else "fails"
 
 
+def train_flow(row: str, seed: int, fast: bool) -> dict:
+    """The exact gradient flow of one network (float64, Tsit5) to the same time t = lr · epochs."""
+    sizes = dict(width=16, depth=4) if fast else {}
+    exp = fs.experiments.two_points(row, key=jax.random.key(seed), **sizes)
+    t1 = exp.lr * (60 if fast else exp.epochs)
+    ts = jnp.linspace(0.0, t1, (30 if fast else SAMPLES) + 1)
+    start = time.perf_counter()
+    sol = fs.gradient_flow(exp.model, exp.inputs, exp.targets, t1, ts=ts, layer=exp.layer, rtol=FLOW_RTOL,
+                           atol=1e-3 * FLOW_RTOL, max_steps=200_000, throw=False)
+    return {"row": row, "protocol": "flow", "seed": seed, "lr": 0.0, "epochs": int(sol.stats["num_steps"]),
+            "ok": bool(sol.result == fs.RESULTS.successful), "ts": np.asarray(sol.ts, np.float64),
+            **{k: np.asarray(sol.observed[k], np.float64) for k in CURVES}, "seconds": time.perf_counter() - start}
+
+
 def train(row: str, protocol: str, seed: int, fast: bool) -> dict:
     """One network trained by full-batch GD (Adam for the adam row; dropout's masks drawn per step)."""
+    if protocol == "flow":
+        return train_flow(row, seed, fast)
     factor = PROTOCOLS[protocol]
     sizes = dict(width=64 if row == "cnn" else 16, depth=4) if fast else {}
     exp = fs.experiments.two_points(row, key=jax.random.key(seed), dtype=jnp.float32, **sizes)
@@ -190,18 +210,18 @@ def report(out: pathlib.Path, fast: bool) -> str:
     lines = [
         "Verdict: worst normalised error (RMSE / range) over h, y, w and the loss — *tracks* ≤ 5 %, "
         "*rough* ≤ 15 %, *fails* above. Main columns: protocol lr/2 (the authors' figures), mean ± sd "
-        "over seeds; η in gradient-flow time (t = lr · epoch). Ladder: the verdict of every seed at lr, "
-        "lr/2 and lr/4; *robust* when all agree.",
+        "over seeds; η in gradient-flow time (t = lr · epoch). Ladder: the verdicts of every seed at lr, "
+        "lr/2 and lr/4 and of the exact gradient flow (smooth rows; – where not run); *robust* when all agree.",
         "",
         "| row | seeds | err h | err y | err w | err loss | η_h | η_y | η_h/η_y | final ‖dh‖²: network | "
-        "closed form (fitted η) | verdict lr/2 | ladder lr · lr/2 · lr/4 | robust |",
+        "closed form (fitted η) | verdict lr/2 | ladder lr · lr/2 · lr/4 · flow | robust |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in ROWS:
         main = by.get((row, "lr/2"), [])
         if not main:
             continue
-        verdicts = {p: [r["verdict"] for r in by.get((row, p), [])] for p in ("lr", "lr/2", "lr/4")}
+        verdicts = {p: [r["verdict"] for r in by.get((row, p), [])] for p in ("lr", "lr/2", "lr/4", "flow")}
         every = [v for vs in verdicts.values() for v in vs]
         robust = "yes" if len(set(every)) == 1 else "no"
         worst = [r["worst"] for r in main]
@@ -277,6 +297,63 @@ def figures(out: pathlib.Path, by: dict) -> None:
         plt.close(fig)
 
 
+def alterations(runs: dict, out: pathlib.Path, seeds: int) -> str:
+    """The paper's four altered theories (and this project's others) fitted to the same lr/2 runs:
+    each one's worst normalised error and its residual over the true system's (> 1: fits worse)."""
+    from flowsolve.alternatives import ALTERNATIVES, PAPER_ALTERNATIVES
+
+    file = out / "alterations.csv"
+    keys = ["row", "seed", "alternative", "residual", "worst", "converged"]
+    done = {}
+    if file.exists():
+        with open(file) as f:
+            done = {(r["row"], int(r["seed"]), r["alternative"]): r for r in csv.DictReader(f)}
+    for row in ROWS:
+        for seed in range(seeds):
+            run = runs.get((row, "lr/2", seed))
+            if run is None or not run["ok"]:
+                continue
+            for name, field in ALTERNATIVES.items():
+                if (row, seed, name) in done:
+                    continue
+                try:
+                    f = fs.fit_effective_rates(run["ts"], run["h"], run["y"], run["w"], DX2, DY2, vector_field=field)
+                    r = {"residual": float(f.residual), "converged": bool(f.converged),
+                         "worst": max(float(f.errors[k]) for k in ("h", "y", "w"))}
+                except ValueError:
+                    r = {"residual": float("nan"), "converged": False, "worst": float("nan")}
+                done[(row, seed, name)] = {"row": row, "seed": seed, "alternative": name, **r}
+        with open(file, "w", newline="") as f:  # after every row: an interruption keeps what was fitted
+            w = csv.DictWriter(f, keys)
+            w.writeheader()
+            w.writerows(done.values())
+    names = list(ALTERNATIVES)[1:]
+    lines = [
+        "Each altered theory fitted to the same networks (lr/2 protocol) as the true one: median over seeds of "
+        "its residual / the true system's residual (> 1: fits worse), and in brackets its worst normalised "
+        "error of h, y, w. Columns marked * are the paper's four alterations.",
+        "",
+        "| row | true system: worst error | " + " | ".join(n + (" *" if n in PAPER_ALTERNATIVES else "")
+                                                        for n in names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    for row in ROWS:
+        seeds_here = sorted({k[1] for k in done if k[0] == row})
+        if not seeds_here:
+            continue
+        def get(name, field):
+            return np.asarray([float(done[(row, s, name)][field]) for s in seeds_here if (row, s, name) in done])
+        true_res, true_worst = get("true system", "residual"), get("true system", "worst")
+        cells = []
+        for name in names:
+            ratio = get(name, "residual") / true_res
+            cells.append(f"{np.nanmedian(ratio):.2f} ({np.nanmedian(get(name, 'worst')):.1%})")
+        lines.append(f"| {row} | {np.nanmedian(true_worst):.1%} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    (out / "alterations.md").write_text(table + "\n")
+    return table
+
+
 def sorted_fits(fits_by_key: dict) -> list[dict]:
     order = {row: i for i, row in enumerate(ROWS)}
     return sorted(fits_by_key.values(), key=lambda r: (order.get(r["row"], 99), r["protocol"], r["seed"]))
@@ -285,7 +362,11 @@ def sorted_fits(fits_by_key: dict) -> list[dict]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5, help="seeds of the lr/2 protocol")
-    parser.add_argument("--ladder-seeds", type=int, default=2, help="seeds of the lr and lr/4 protocols")
+    parser.add_argument("--ladder-seeds", type=int, default=1, help="seeds of the lr and lr/4 protocols")
+    parser.add_argument("--flow-seeds", type=int, default=1,
+                        help=f"seeds of the exact gradient flow (rows {', '.join(SMOOTH_ROWS)})")
+    parser.add_argument("--alteration-seeds", type=int, default=3,
+                        help="seeds of the lr/2 runs to fit the altered theories to (0: none)")
     parser.add_argument("--rows", default="all", help="comma-separated rows, e.g. default,tanh,gain_1.2")
     parser.add_argument("--fast", action="store_true", help="a smoke run: width 16, depth 4, 120 epochs at lr/2")
     parser.add_argument("--report-only", action="store_true", help="remake tables and figures from the CSVs")
@@ -299,10 +380,12 @@ def main():
         parser.error(f"unknown rows {unknown}; choose from {ROWS}")
     if args.fast:
         args.seeds, args.ladder_seeds = min(args.seeds, 1), min(args.ladder_seeds, 1)
+        args.flow_seeds, args.alteration_seeds = min(args.flow_seeds, 1), min(args.alteration_seeds, 1)
     if not args.report_only:
         runs = load_runs(out)
         jobs = [(row, "lr/2", s) for s in range(args.seeds) for row in rows]
         jobs += [(row, p, s) for s in range(args.ladder_seeds) for p in ("lr", "lr/4") for row in rows]
+        jobs += [(row, "flow", s) for s in range(args.flow_seeds) for row in rows if row in SMOOTH_ROWS]
         todo = [j for j in jobs if j not in runs]
         print(f"{len(jobs)} runs, {len(jobs) - len(todo)} stored, {len(todo)} to train", flush=True)
         fits_by_key = {}
@@ -324,6 +407,8 @@ def main():
                 fits_by_key[job] = fit(run)
         write_csvs(runs, sorted_fits(fits_by_key), out)
     print(report(out, args.fast))
+    if args.alteration_seeds > 0:
+        print(alterations(load_runs(out), out, args.alteration_seeds))
     print(f"wrote {out / 'universality.md'}, {out / 'fits.csv'}, {out / 'trajectories.csv'}, figures")
 
 

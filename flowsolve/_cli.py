@@ -509,6 +509,8 @@ EXAMPLES = {
     "regimes": ("theory_regimes.py", False, ["--n", "24"]),
     "universality": ("universality.py", True, ["--width", "8", "--seeds", "1", "--rows", "two_layer"]),
     "depth_profile": ("depth_profile.py", True, ["--width", "8", "--seeds", "1"]),
+    "paper_universality": ("paper.py", True, ["--fast", "--rows", "default,two_layer"]),
+    "paper_grid": ("paper_grid.py", True, ["--fast", "--rows", "default"]),
     "rate_tracking": ("rate_tracking.py", False, ["--width", "8", "--t1", "1.0"]),
     "distance_grid": ("distance_grid.py", True, ["--width", "8", "--depth", "4"]),
     "rich_lazy": ("rich_lazy.py", True, ["--width", "8", "--seeds", "1", "--gains", "0.75,1.0,2.0"]),
@@ -518,6 +520,10 @@ EXAMPLES = {
 }
 
 
+PAPER = ("paper_universality", "paper_grid", "depth_profile")
+"""`reproduce paper`: the two-point experiments at the paper's size, in one folder, one after another."""
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def reproduce(
     ctx: typer.Context,
@@ -525,24 +531,28 @@ def reproduce(
     out: Out = pathlib.Path("flowsolve_out"),
     fast: Annotated[bool, typer.Option(help="tiny sizes: a smoke run in seconds to a minute")] = False,
 ):
-    """Reproduce one of the paper's experiments (runs `examples/NAME.py`; extra options go to it)."""
+    """Reproduce one of the paper's experiments (runs `examples/NAME.py`; extra options go to it).
+    `paper` runs the two-point set at the paper's size: universality with the lr ladder, the exact flows
+    and the altered theories, the distance grid and the depth profile, into one folder."""
     with _errors():
-        if name not in EXAMPLES:
-            raise UserError(f"unknown experiment {name!r}; choose one of {', '.join(EXAMPLES)}.")
-        script, is_folder, fast_args = EXAMPLES[name]
+        if name not in EXAMPLES and name != "paper":
+            raise UserError(f"unknown experiment {name!r}; choose one of paper, {', '.join(EXAMPLES)}.")
         examples = pathlib.Path(__file__).resolve().parents[1] / "examples"
-        if not (examples / script).is_file():
-            raise UserError(f"{examples / script} not found: `reproduce` needs the source tree (git clone).")
+        parts = PAPER if name == "paper" else (name,)
         folder = _folder(out / name)
-        target = folder if is_folder else folder / f"{name}.png"
-        # The script runs in the source tree: give it the output folder as an absolute path.
-        args = [sys.executable, str(examples / script), "--out", str(target.resolve())]
-        args += (fast_args if fast else []) + list(ctx.args)
-        typer.echo("running " + " ".join(args[1:]))
-        code = subprocess.call(args, cwd=examples.parent)
-        if code != 0:
-            typer.echo(f"error: {script} exited with code {code}", err=True)
-            raise typer.Exit(code=1)
+        for part in parts:
+            script, is_folder, fast_args = EXAMPLES[part]
+            if not (examples / script).is_file():
+                raise UserError(f"{examples / script} not found: `reproduce` needs the source tree (git clone).")
+            target = folder if is_folder else folder / f"{name}.png"
+            # The script runs in the source tree: give it the output folder as an absolute path.
+            args = [sys.executable, str(examples / script), "--out", str(target.resolve())]
+            args += (fast_args if fast else []) + list(ctx.args)
+            typer.echo("running " + " ".join(args[1:]))
+            code = subprocess.call(args, cwd=examples.parent)
+            if code != 0:
+                typer.echo(f"error: {script} exited with code {code}", err=True)
+                raise typer.Exit(code=1)
         typer.echo(f"results in {folder}")
 
 

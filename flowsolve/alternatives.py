@@ -58,6 +58,8 @@ true_system = ScaledTerms()
 
 ALTERNATIVES: dict[str, ScaledTerms] = {
     "true system": true_system,
+    "2× dy equation": ScaledTerms(dy_decoder=2.0, dy_encoder=2.0),
+    "2× dh equation": ScaledTerms(dh=2.0),
     "2× encoder term of dy": ScaledTerms(dy_encoder=2.0),
     "2× decoder term of dw": ScaledTerms(dw_decoder=2.0),
     "flipped encoder term of dy": ScaledTerms(dy_encoder=-1.0),
@@ -66,3 +68,8 @@ ALTERNATIVES: dict[str, ScaledTerms] = {
     "dropped encoder term of dw": ScaledTerms(dw_encoder=0.0),
 }
 """Name → vector field. `"true system"` first; every other entry alters one term."""
+
+PAPER_ALTERNATIVES: tuple[str, ...] = ("2× dy equation", "2× dh equation", "flipped encoder term of dw",
+                                       "dropped encoder term of dy")
+"""The four alterations van Rossem & Saxe fit in their paper (their `2_points_alternative` notebook);
+the other entries of `ALTERNATIVES` are this project's own."""

@@ -158,3 +158,35 @@ def test_ctrl_c_is_one_line_and_exit_code_130(capsys):
     assert stopped.value.exit_code == 130
     assert capsys.readouterr().err == ("interrupted: Sweep 's' interrupted after chunk 1 of 3; 1 of 3 chunks are "
                                        "stored in 'out/store'\n")
+
+
+@pytest.mark.slow
+def test_reproduce_paper_fast_resumes_and_regenerates(tmp_path):
+    """`reproduce paper --fast`: every part writes its table, CSV and figure; a second invocation trains
+    nothing (the store), and the tables are remade from the CSVs alone (`--report-only`)."""
+    proc = cli("reproduce", "paper", "--fast", "--out", tmp_path, timeout=1200)
+    assert proc.returncode == 0, proc.stderr
+    folder = tmp_path / "paper"
+    for name in ("universality.md", "universality.png", "fits.csv", "trajectories.csv", "alterations.md",
+                 "alterations.csv", "grid.md", "grid.csv", "grid.png", "depth_profile.md", "depth_profile.csv"):
+        assert (folder / name).stat().st_size > 100, name
+    fits = (folder / "fits.csv").read_text().splitlines()
+    # default and two_layer at lr/2, lr and lr/4, and two_layer's exact flow (a linear network: smooth)
+    assert len(fits) == 1 + 7
+    assert any(",flow," in line and line.startswith("two_layer") for line in fits)
+    assert "2× dy equation *" in (folder / "alterations.md").read_text()
+    table = (folder / "universality.md").read_text()
+    assert "| default | 1 |" in table and "| two_layer | 1 |" in table
+    paper = [sys.executable, str(ROOT / "examples" / "paper.py"), "--fast", "--rows", "default,two_layer",
+             "--out", str(folder)]
+    again = subprocess.run(paper, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert again.returncode == 0, again.stderr
+    assert "7 runs, 7 stored, 0 to train" in again.stdout
+    import shutil
+
+    shutil.rmtree(folder / "runs")  # only the CSVs are left, as committed
+    (folder / "universality.md").unlink()
+    remade = subprocess.run(paper + ["--report-only", "--alteration-seeds", "0"], capture_output=True, text=True,
+                            timeout=600, cwd=ROOT)
+    assert remade.returncode == 0, remade.stderr
+    assert (folder / "universality.md").read_text() == table
