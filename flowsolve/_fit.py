@@ -594,6 +594,10 @@ def _prepare(ts, h, y, w, dx2, dy2, m, weights) -> tuple[_Data, tuple[int, ...]]
         weights = _per_variable(np.asarray(weights, dtype=np.float64), shape, np)
         if not np.all(np.isfinite(weights)) or np.any(weights < 0):
             raise ValueError("`weights` must be finite and ≥ 0.")
+        # Every variable needs weight on at least two samples: otherwise there is nothing to fit to
+        # (all-zero weights would 'converge' to any rates with standard error 0).
+        if np.any(np.sum(weights > 0, axis=-2) < 2):
+            raise ValueError("`weights` must be > 0 on at least two samples of each of h, y, w.")
         sqrt_w = np.sqrt(weights)
     n = int(np.prod(batch_shape))
 
@@ -646,7 +650,8 @@ def _prepare_traced(ts, h, y, w, dx2, dy2, m, weights) -> tuple[_Data, tuple[int
              & everywhere(arrays["y"] >= 0) & jnp.isfinite(dx2) & (dx2 > 0) & jnp.isfinite(dy2) & (dy2 >= 0)
              & jnp.any((observed.max(-2) - observed.min(-2))
                        > 1e-12 * jnp.maximum(jnp.abs(observed).max((-2, -1)), 1e-300)[..., None], axis=-1)
-             & jnp.all(jnp.isfinite(weights) & (weights >= 0), axis=(-2, -1)))
+             & jnp.all(jnp.isfinite(weights) & (weights >= 0), axis=(-2, -1))
+             & jnp.all(jnp.sum(weights > 0, axis=-2) >= 2, axis=-1))
     if m is not None:
         valid &= everywhere(jnp.isfinite(arrays["m"])) & everywhere(arrays["m"] >= 0) & moves(arrays["m"], -1)
     # Invalid members: a harmless moving curve in their place (their results are masked afterwards).

@@ -443,9 +443,12 @@ def _descent(model, inputs, targets, lr, steps, every, optimizer, observer, loss
     finite_rows = jnp.stack(
         [jnp.all(jnp.isfinite(v).reshape(v.shape[0], -1), axis=1) for v in jax.tree_util.tree_leaves(observed)]
     ).all(axis=0)
-    all_finite = jnp.all(finite_rows)
+    # The model after the last step too: updates after the last observation (or all of them, when
+    # `every` > `steps`) are seen by no observation.
+    final_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(p)]))
+    all_finite = jnp.all(finite_rows) & final_finite
     result = RESULTS.where(all_finite, RESULTS.successful, RESULTS.nonfinite_state)
-    first_bad = jnp.argmin(finite_rows)
+    first_bad = jnp.where(jnp.all(finite_rows), finite_rows.shape[0], jnp.argmin(finite_rows))
     t_final = jnp.where(all_finite, lr * steps, ts[jnp.maximum(first_bad - 1, 0)])
     return FlowSolution(ts=ts, observed=observed, model=eqx.combine(p, static), result=result,
                         stats={"steps": jnp.asarray(steps), "t_final": t_final})

@@ -357,3 +357,16 @@ def test_gradient_descent_stochastic_and_adam():
     assert fs.experiments.SETTINGS["gain_1.2"].lr == 0.0025 and fs.experiments.SETTINGS["gain_1.6"].lr == 3e-6
     f32 = fs.experiments.two_points("default", key=jax.random.key(0), width=8, dtype=jnp.float32)
     assert f32.model.layers[0].weight.dtype == jnp.float32 and f32.inputs.dtype == jnp.float32
+
+
+def test_gradient_descent_divergence_after_the_last_observation_is_reported():
+    # 99 steps observed every 100: no observation after t = 0 sees the diverged model.
+    net = models.MLP(1, 1, 8, 2, key=jax.random.key(0))
+    x, y = jnp.array([[-1.0], [0.0]]), jnp.array([[0.6], [1.3]])
+    sol = fs.gradient_descent(net, x, y, 1e3, 99, every=100, throw=False)
+    assert sol.result == RESULTS.nonfinite_state
+    assert float(sol.stats["t_final"]) == 0.0
+    with pytest.raises(RuntimeError, match="gradient descent failed"):
+        fs.gradient_descent(net, x, y, 1e3, 99, every=100)
+    ok = fs.gradient_descent(net, x, y, 1e-2, 99, every=100)
+    assert ok.result == RESULTS.successful and float(ok.stats["t_final"]) == pytest.approx(0.99)

@@ -196,6 +196,10 @@ def test_a_sweep_of_fits():
 
     with pytest.raises(ValueError, match="`y` has shape"):  # traced: shape errors still raise, when tracing
         jax.jit(lambda h: fs.fit_effective_rates(sol.ts, h, h[:-1], h, 1.0, 0.5))(sol.h)
+    # All-zero weights are no data: traced, the fit says so (NaN, not converged) instead of 'converging'.
+    zero = jax.jit(lambda wts: fs.fit_effective_rates(sol.ts, sol.h, sol.y, sol.w, 1.0, 0.5, weights=wts))(
+        jnp.zeros(21))
+    assert not bool(zero.converged) and np.isnan(float(zero.eta_h))
     with pytest.raises(ValueError, match=r"also axis names"):
         fs.sweep(lambda p: {"eta_h": p["eta_h"] * 2}, {"eta_h": [1.0]}, progress=False)
 
