@@ -97,7 +97,11 @@ class EffectiveTheory(eqx.Module):
         **Returns:** `(A_low, A_high, h_inf)` with `A_high = Q(h0, y0)`,
         `A_low = sqrt(η_h/η_y·dx2·dy2)` and `h_inf = ½·A_high + sqrt(¼·A_high² + A_low²)`, the
         final squared hidden distance. Depends on `w0` not at all.
+
+        **Raises:** `ValueError` for a concrete `h0 ≤ 0` or `y0 < 0` (no network has them).
         """
+        check_positive("h0", h0)
+        check_positive("y0", y0, allow_zero=True)
         a_high = self.conserved(h0, y0)
         a_low = jnp.sqrt(self.rate_ratio * self.dx2 * self.dy2)
         h_inf = _positive_root(a_high, a_low)

@@ -23,13 +23,24 @@ def concrete_array(x: Any) -> np.ndarray | None:
     return np.asarray(x, dtype=np.float64)
 
 
+def check_real(name: str, x: Any) -> None:
+    """A concrete `x` must be a real number or an array of them (not a string, a bool or an object)."""
+    if not is_concrete(x):
+        return
+    kind = "U" if isinstance(x, (str, bytes)) else np.asarray(x).dtype.kind
+    if kind not in "iuf":
+        raise ValueError(f"`{name}` must be a real number or an array of real numbers, got {x!r}.")
+
+
 def check_finite(name: str, x: Any) -> None:
+    check_real(name, x)
     value = concrete_array(x)
     if value is not None and not np.all(np.isfinite(value)):
         raise ValueError(f"`{name}` must be finite, got {_show(value)}.")
 
 
 def check_positive(name: str, x: Any, *, allow_zero: bool = False) -> None:
+    check_real(name, x)
     value = concrete_array(x)
     if value is None:
         return

@@ -224,12 +224,21 @@ def test_failure_flagged_per_member_under_vmap():
         (dict(dx2=0.0), "dx2"),
         (dict(dy2=-0.1), "dy2"),
         (dict(eta_h=float("nan")), "eta_h"),
+        (dict(eta_h="1"), "`eta_h` must be a real number"),
+        (dict(dy2=True), "`dy2` must be a real number"),
     ],
 )
 def test_bad_theory_parameters(kwargs, match):
     args = dict(eta_h=1.0, eta_y=1.0, dx2=1.0, dy2=0.5) | kwargs
     with pytest.raises(ValueError, match=match):
         EffectiveTheory(**args)
+
+
+@pytest.mark.parametrize("h0, y0, match", [(-1.0, 0.0, "`h0` must be > 0"), (0.0, 0.0, "`h0` must be > 0"),
+                                           (0.1, -0.2, "`y0` must be ≥ 0")])
+def test_fixed_point_bad_start(h0, y0, match):
+    with pytest.raises(ValueError, match=match):
+        EffectiveTheory(1.0, 1.0, 1.0, 0.5).fixed_point(h0, y0)
 
 
 @pytest.mark.parametrize(
