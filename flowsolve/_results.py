@@ -14,3 +14,11 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "The state became non-finite (inf or NaN). Check the parameters and initial state, "
         "or use float64 (`jax.config.update('jax_enable_x64', True)`)."
     )
+    invalid_input = (
+        "An input was out of range or non-finite (a rate, distance or time, m0 or eta_mean, or times "
+        "`ts` that are not increasing within [t0, t1]); nothing was computed for it."
+    )
+    inadmissible_state = (
+        "The initial state is not admissible: it needs finite h0 > 0, y0 >= 0 and (y0 - w0)^2 <= dy2*y0 "
+        "(Cauchy-Schwarz); no network has it, so nothing was computed for it."
+    )

@@ -32,7 +32,8 @@ class EffectiveTheory(eqx.Module):
     All four may be arrays of the same shape when the theory is used under `jax.vmap`.
 
     **Raises:** `ValueError` naming the argument when a concrete value is out of range or
-    non-finite. Traced values are checked at run time with `eqx.error_if`.
+    non-finite. Traced values (inside `jit`/`vmap`) cannot be checked now: `solve_theory` reports a
+    theory with bad constants as `RESULTS.invalid_input`, per batch member.
 
     !!! example
 
@@ -60,14 +61,15 @@ class EffectiveTheory(eqx.Module):
         check_positive("dy2", dy2, allow_zero=True)
         dtype = jnp.result_type(float, eta_h, eta_y, dx2, dy2)
         eta_h, eta_y, dx2, dy2 = (jnp.asarray(v, dtype) for v in (eta_h, eta_y, dx2, dy2))
-        if not is_concrete((eta_h, eta_y, dx2, dy2)):
-            bad = ~(
-                (eta_h > 0) & (eta_y > 0) & (dx2 > 0) & (dy2 >= 0) & jnp.isfinite(eta_h + eta_y + dx2 + dy2)
-            )
-            eta_h = eqx.error_if(
-                eta_h, bad, "EffectiveTheory needs finite eta_h > 0, eta_y > 0, dx2 > 0 and dy2 >= 0."
-            )
+        # Traced values are not checked here (an error here would take a whole batch down):
+        # `solve_theory` reports a member with bad constants as `RESULTS.invalid_input`.
         self.eta_h, self.eta_y, self.dx2, self.dy2 = eta_h, eta_y, dx2, dy2
+
+    @property
+    def valid(self) -> Bool[Array, "*batch"]:
+        """Whether the constants are in range: finite `η_h, η_y, dx2 > 0`, `dy2 ≥ 0` (for traced values)."""
+        return ((self.eta_h > 0) & (self.eta_y > 0) & (self.dx2 > 0) & (self.dy2 >= 0)
+                & jnp.isfinite(self.eta_h + self.eta_y + self.dx2 + self.dy2))
 
     @property
     def rate_ratio(self) -> Float[Array, "*batch"]:
@@ -319,6 +321,8 @@ def solve_theory(
     t0_c, t1_c = concrete_array(t0), concrete_array(t1)
     if t0_c is not None and t1_c is not None and not t1_c > t0_c:
         raise ValueError(f"`t1` must be greater than `t0`, got t0={float(t0_c)!r}, t1={float(t1_c)!r}.")
+    check_positive("m0", m0, allow_zero=True)
+    check_finite("eta_mean", eta_mean)
     if not (isinstance(max_steps, int) and max_steps > 0):
         raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
     if not (rtol > 0 and atol > 0):
@@ -370,6 +374,14 @@ def _check_state(theory: EffectiveTheory, state0) -> None:
             )
 
 
+def _admissible(theory: EffectiveTheory, state0: Array) -> Bool[Array, ""]:
+    """The traced counterpart of `_check_state`: finite, h0 > 0, y0 ≥ 0, (y0 − w0)² ≤ dy2·y0."""
+    h0, y0, w0 = state0[0], state0[1], state0[2]
+    slack = 1e-10 * jnp.maximum(jnp.maximum(theory.dy2 * y0, (y0 - w0) ** 2), 1e-300)
+    return (jnp.all(jnp.isfinite(state0)) & (h0 > 0) & (y0 >= 0)
+            & ((y0 - w0) ** 2 <= theory.dy2 * y0 + slack))
+
+
 def _default_solver(theory: EffectiveTheory, state0) -> diffrax.AbstractAdaptiveSolver:
     if not is_concrete((theory, state0)) or np.ndim(theory.eta_h) != 0:
         return diffrax.Tsit5()
@@ -410,6 +422,22 @@ def _steady_state(theory: EffectiveTheory, rate: Array, rtol: float, atol: float
 
 @eqx.filter_jit
 def _solve(theory, state0, t0, t1, ts, solver, rtol, atol, max_steps, m0, eta_mean, adjoint, throw, stop_at_steady_state):
+    # Concrete inputs were checked by `solve_theory`; traced ones are checked here. A member that
+    # fails a check is flagged in `result` and gets NaN outputs; it is solved on harmless stand-in
+    # values, so that the checks of diffrax and of the solver cannot take the whole batch down.
+    admissible = _admissible(theory, state0)
+    valid = (theory.valid & jnp.isfinite(t0) & jnp.isfinite(t1) & (t1 > t0) & jnp.all(jnp.isfinite(ts))
+             & jnp.all(jnp.diff(ts) >= 0) & (ts[0] >= t0) & (ts[-1] <= t1) & jnp.isfinite(m0) & (m0 >= 0)
+             & jnp.isfinite(eta_mean))
+    okay = admissible & valid
+    stand_in = EffectiveTheory(1.0, 1.0, 1.0, 0.5)
+    theory = jax.tree_util.tree_map(lambda a, b: jnp.where(okay, a, jnp.asarray(b, a.dtype)), theory, stand_in)
+    state0 = jnp.where(okay, state0, jnp.asarray([1.0, 0.5, 0.0], state0.dtype))
+    t0_in, t1_in = t0, t1
+    t0 = jnp.where(okay, t0, 0.0)
+    t1 = jnp.where(okay, t1, 1.0)
+    ts = jnp.where(okay, ts, jnp.linspace(0.0, 1.0, ts.shape[0], dtype=ts.dtype))
+    m0, eta_mean = jnp.where(okay, m0, 0.0), jnp.where(okay, eta_mean, 0.0)
     y0 = to_regular(theory, state0)
     term = diffrax.ODETerm(_regular_vector_field)
     controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=rms_norm_nan_is_inf)
@@ -451,6 +479,13 @@ def _solve(theory, state0, t0, t1, ts, solver, rtol, atol, max_steps, m0, eta_me
         (result == RESULTS.successful) & ~finite, RESULTS.nonfinite_state, result
     )
     collided, t_collision = _first_collision(theory, ts, a, u_par, u_perp)
+    result = RESULTS.where(admissible, RESULTS.where(valid, result, RESULTS.invalid_input),
+                           RESULTS.inadmissible_state)
+    nan = jnp.asarray(jnp.nan, h.dtype)
+    h, y, w, loss, conserved, a, u_par, u_perp = (jnp.where(okay, v, nan)
+                                                   for v in (h, y, w, loss, conserved, a, u_par, u_perp))
+    t_final = jnp.where(okay, t_final, t0_in)
+    del t1_in
     if throw:
         h = result.error_if(h, result != RESULTS.successful)
     stats = {k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}

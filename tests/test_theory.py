@@ -271,9 +271,33 @@ def test_theory_must_be_effective_theory():
         solve_theory((1.0, 1.0, 1.0, 0.5), [1.0, 0.0, 0.0], 1.0)
 
 
-def test_traced_bad_parameter_raises_at_runtime():
-    with pytest.raises(eqx.EquinoxRuntimeError, match="eta_h > 0"):
-        eqx.filter_jit(lambda e: EffectiveTheory(e, 1.0, 1.0, 0.5).eta_h)(jnp.asarray(-1.0))
+def test_traced_bad_input_is_a_per_member_status():
+    """Under vmap a bad member is flagged (with NaN outputs), never projected, and the others go on;
+    with throw=True the solve raises at run time with the status's message."""
+    good = [0.05, 0.02, -0.05]
+    states = jnp.asarray([good, [0.05, 1.0, 5.0], [0.05, -1.0, 0.0], good, good, good])
+    eta_h = jnp.asarray([1.0, 1.0, 1.0, -1.0, 1.0, 1.0])
+    m0 = jnp.asarray([0.0, 0.0, 0.0, 0.0, jnp.nan, 0.0])
+    t1 = jnp.asarray([20.0, 20.0, 20.0, 20.0, 20.0, -1.0])
+
+    def solve(e, s, m, t):
+        return solve_theory(EffectiveTheory(e, 1.0, 1.0, 0.5), s, t, ts=jnp.linspace(0.0, 20.0, 11) * (t > 0), m0=m,
+                            eta_mean=1.0, throw=False)
+
+    sols = jax.jit(jax.vmap(solve))(eta_h, states, m0, t1)
+    expected = [RESULTS.successful, RESULTS.inadmissible_state, RESULTS.inadmissible_state,
+                RESULTS.invalid_input, RESULTS.invalid_input, RESULTS.invalid_input]
+    for i, want in enumerate(expected):
+        assert bool((sols.result == want)[i]), i
+    direct = solve_theory(EffectiveTheory(1.0, 1.0, 1.0, 0.5), good, 20.0, ts=jnp.linspace(0.0, 20.0, 11),
+                          m0=0.0, eta_mean=1.0)
+    np.testing.assert_allclose(sols.h[0], direct.h, rtol=1e-12)
+    assert np.isnan(np.asarray(sols.h[1:])).all() and np.isnan(np.asarray(sols.loss[1:])).all()
+    with pytest.raises(eqx.EquinoxRuntimeError, match="not admissible"):
+        eqx.filter_jit(lambda s: solve_theory(EffectiveTheory(1.0, 1.0, 1.0, 0.5), s, 20.0).h)(
+            jnp.asarray([0.05, 1.0, 5.0]))
+    with pytest.raises(ValueError, match="`m0` must be finite"):
+        solve_theory(EffectiveTheory(1.0, 1.0, 1.0, 0.5), good, 20.0, m0=float("nan"))
 
 
 def test_steady_state_stop_saves_steps_and_keeps_accuracy():
