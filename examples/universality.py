@@ -1,7 +1,8 @@
 """The universality table: one reduced theory, two fitted rates, many architectures (THEORY.md §5).
 
-For every ODE-compatible row of THEORY.md §5 (all activations, narrow, shallow, residual,
-convolutional, linear, a gain series, two_layer) and several seeds: the network's exact gradient
+A variant of the paper's protocol (the paper's own is `examples/paper.py`: GD at width 500): for
+every ODE-compatible row of THEORY.md §5 (all activations, narrow, shallow, this project's residual
+and 'same'-padded convolutional variants, linear, a gain series, two_layer) and several seeds: the network's exact gradient
 flow (`fit_network`: `gradient_flow` → `fit_effective_rates`), the normalised errors of h, y, w and
 of the loss (RMSE / range of the network's curve), and the fitted η_h, η_y (mean ± sd over seeds).
 The flows are stored; the fits are redone from them on every invocation (seconds).
@@ -39,7 +40,10 @@ import numpy as np  # noqa: E402
 import flowsolve as fs  # noqa: E402
 
 DX2, DY2 = fs.experiments.DX2, fs.experiments.DY2
-ROWS = ["default", "shallow", "narrow", "linear", "elu", "tanh", "relu", "swish", "skip", "cnn", "two_layer"]
+# The project's residual and 'same'-padded variants: the tangent-kernel prediction below needs a network
+# that splits at a layer, which the authors' skip and valid CNN networks do not (examples/paper.py runs those).
+ROWS = ["default", "shallow", "narrow", "linear", "elu", "tanh", "relu", "swish", "skip_residual", "cnn_same",
+        "two_layer"]
 GAINS = [0.9, 1.2, 1.6]
 
 

@@ -143,7 +143,8 @@ def predict_effective_rates(
 
     **Arguments:**
 
-    - `model`: an Equinox network with `split(layer) -> (encoder, decoder)` (all of `models/`).
+    - `model`: an Equinox network with `split(layer) -> (encoder, decoder)` (`models.MLP`, `ResMLP`,
+      `DeepLinear`, `CNN1d`; not the authors' `SkipMLP` and `ValidCNN1d`, nor `DropoutMLP`).
     - `inputs`, `targets`: the two points (leading axis 2).
     - `layer`: the observed hidden layer.
 
