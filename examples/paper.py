@@ -383,6 +383,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5, help="seeds of the lr/2 protocol")
     parser.add_argument("--ladder-seeds", type=int, default=1, help="seeds of the lr and lr/4 protocols")
+    parser.add_argument("--ladder-rows", default="all", help="comma-separated rows of the lr and lr/4 protocols")
     parser.add_argument("--flow-seeds", type=int, default=1,
                         help=f"seeds of the exact gradient flow (rows {', '.join(SMOOTH_ROWS)})")
     parser.add_argument("--alteration-seeds", type=int, default=3,
@@ -405,7 +406,8 @@ def main():
     if not args.report_only:
         runs = load_runs(out)
         jobs = [(row, "lr/2", s) for s in range(args.seeds) for row in rows]
-        jobs += [(row, p, s) for s in range(args.ladder_seeds) for p in ("lr", "lr/4") for row in rows]
+        ladder = rows if args.ladder_rows == "all" else [r for r in rows if r in args.ladder_rows.split(",")]
+        jobs += [(row, p, s) for s in range(args.ladder_seeds) for p in ("lr", "lr/4") for row in ladder]
         jobs += [(row, "flow", s) for s in range(args.flow_seeds) for row in rows if row in SMOOTH_ROWS]
         todo = [j for j in jobs if j not in runs]
         print(f"{len(jobs)} runs, {len(jobs) - len(todo)} stored, {len(todo)} to train", flush=True)

@@ -11,8 +11,8 @@ fitted at the reference point by `examples/paper.py` (its lr/2 protocol — the 
 such fits).
 
     python examples/paper_grid.py --out docs/results/paper     # after examples/paper.py
-    python examples/paper_grid.py --out docs/results/paper --lr-factor 0.5 --rows default,tanh,skip,shallow
-                                                                # the committed results (~25 min on 2 CPU cores)
+    python examples/paper_grid.py --out docs/results/paper --lr-factor 0.5 --rows default,tanh,shallow
+                                                                # the committed results (~15 min on 2 CPU cores)
     python examples/paper_grid.py --fast --out /tmp/grid       # a smoke run
 
 The loss is checked every `--block` epochs (500), so training stops up to 499 epochs after the

@@ -34,6 +34,13 @@ class Conv1d(eqx.Module):
         return y + self.bias[:, None]
 
 
+def _check_conv_args(in_size, out_size, width, depth, activation, gain, kernel_size, channels) -> None:
+    check_sizes(in_size=in_size, out_size=out_size, width=width, depth=depth, kernel_size=kernel_size,
+                channels=channels)
+    check_gain(gain)
+    get_activation(activation)
+
+
 class CNN1d(eqx.Module):
     """Input linear layer to `width` → `depth` 1-D convolutions (`kernel_size`-wide, `channels`
     channels, 'same' padding) → linear read-out of the flattened feature map.
@@ -51,10 +58,7 @@ class CNN1d(eqx.Module):
 
     def __init__(self, in_size: int, out_size: int, width: int, depth: int, activation: str = "leaky_relu",
                  gain: float = 1.0, *, kernel_size: int = 11, channels: int = 20, key: PRNGKeyArray):
-        check_sizes(in_size=in_size, out_size=out_size, width=width, depth=depth, kernel_size=kernel_size,
-                    channels=channels)
-        check_gain(gain)
-        get_activation(activation)
+        _check_conv_args(in_size, out_size, width, depth, activation, gain, kernel_size, channels)
         keys = jax.random.split(key, depth + 2)
         self.input_layer = Dense(in_size, width, gain, key=keys[0])
         chans = [1] + [channels] * depth
@@ -100,10 +104,7 @@ class ValidCNN1d(eqx.Module):
 
     def __init__(self, in_size: int, out_size: int, width: int, depth: int, activation: str = "leaky_relu",
                  gain: float = 1.0, *, kernel_size: int = 11, channels: int = 20, key: PRNGKeyArray):
-        check_sizes(in_size=in_size, out_size=out_size, width=width, depth=depth, kernel_size=kernel_size,
-                    channels=channels)
-        check_gain(gain)
-        get_activation(activation)
+        _check_conv_args(in_size, out_size, width, depth, activation, gain, kernel_size, channels)
         length = width - (kernel_size - 1) * (depth + 1)
         if length < 1:
             raise ValueError(f"`width` {width} is too short for {depth + 1} valid convolutions of width "

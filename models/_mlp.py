@@ -32,6 +32,14 @@ def _checked_keys(in_size, out_size, width, depth, activation, gain, key):
     return jax.random.split(key, depth + 1)
 
 
+def _dense_stack(in_size, out_size, width, depth, activation, gain, key) -> tuple[tuple[Dense, ...], Dense]:
+    """`depth` hidden layers `in_size → width → … → width` and a read-out `width → out_size`."""
+    keys = _checked_keys(in_size, out_size, width, depth, activation, gain, key)
+    sizes = [in_size] + [width] * depth
+    layers = tuple(Dense(sizes[i], sizes[i + 1], gain, key=keys[i]) for i in range(depth))
+    return layers, Dense(width, out_size, gain, key=keys[-1])
+
+
 class MLP(eqx.Module):
     """A multilayer perceptron with `depth` hidden layers of `width` units (THEORY.md §5).
 
@@ -58,10 +66,7 @@ class MLP(eqx.Module):
 
     def __init__(self, in_size: int, out_size: int, width: int, depth: int, activation: str = "leaky_relu",
                  gain: float = 1.0, *, key: PRNGKeyArray):
-        keys = _checked_keys(in_size, out_size, width, depth, activation, gain, key)
-        sizes = [in_size] + [width] * depth
-        self.layers = tuple(Dense(sizes[i], sizes[i + 1], gain, key=keys[i]) for i in range(depth))
-        self.readout = Dense(width, out_size, gain, key=keys[-1])
+        self.layers, self.readout = _dense_stack(in_size, out_size, width, depth, activation, gain, key)
         self.activation = activation
 
     def __call__(self, x: Float[Array, " in"]) -> tuple[Float[Array, " out"], tuple[Float[Array, " width"], ...]]:
@@ -135,10 +140,7 @@ class SkipMLP(eqx.Module):
 
     def __init__(self, in_size: int, out_size: int, width: int, depth: int, activation: str = "leaky_relu",
                  gain: float = 1.0, *, key: PRNGKeyArray):
-        keys = _checked_keys(in_size, out_size, width, depth, activation, gain, key)
-        sizes = [in_size] + [width] * depth
-        self.layers = tuple(Dense(sizes[i], sizes[i + 1], gain, key=keys[i]) for i in range(depth))
-        self.readout = Dense(width, out_size, gain, key=keys[-1])
+        self.layers, self.readout = _dense_stack(in_size, out_size, width, depth, activation, gain, key)
         self.activation = activation
 
     def __call__(self, x):
@@ -179,10 +181,7 @@ class DropoutMLP(eqx.Module):
                  gain: float = 1.0, *, p: float = 0.1, key: PRNGKeyArray):
         if not 0 <= p < 1:
             raise ValueError(f"`p` must be in [0, 1), got {p!r}.")
-        keys = _checked_keys(in_size, out_size, width, depth, activation, gain, key)
-        sizes = [in_size] + [width] * depth
-        self.layers = tuple(Dense(sizes[i], sizes[i + 1], gain, key=keys[i]) for i in range(depth))
-        self.readout = Dense(width, out_size, gain, key=keys[-1])
+        self.layers, self.readout = _dense_stack(in_size, out_size, width, depth, activation, gain, key)
         self.activation = activation
         self.p = p
 
