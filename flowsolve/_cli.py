@@ -160,7 +160,11 @@ def theory(
         model = EffectiveTheory(eta_h, eta_y, dx2, dy2)
         a_low, a_high, h_inf = (float(v) for v in model.fixed_point(h0, y0))
         if t1 is None:
-            t1 = 40.0 / float(min(model.convergence_rates(h_inf)))
+            rate = float(min(model.convergence_rates(h_inf)))
+            if not (np.isfinite(rate) and rate > 0 and np.isfinite(40.0 / rate)):
+                raise UserError(f"these constants give no finite time scale (slower convergence rate {rate:g}); "
+                                "pass `--t1`.")
+            t1 = 40.0 / rate
         if not t1 > 0:
             raise UserError(f"`--t1` must be > 0, got {t1}.")
         sol = solve_theory(model, [h0, y0, w0], t1)

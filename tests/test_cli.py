@@ -121,6 +121,8 @@ def test_demo_and_reproduce_commands(tmp_path):
         (["flow", "--solver", "euler"], "unknown solver 'euler'; choose one of tsit5, bosh3, rkc"),
         (["theory", "--eta-h", "-1"], "eta_h"),
         (["theory", "--t1", "-5"], "t1"),
+        (["theory", "--h0", "0"], "`h0` must be > 0"),
+        (["theory", "--eta-h", "1e300"], "no finite time scale"),
         (["reproduce", "nosuch"], "unknown experiment"),
         (["sweep", "MISSING.toml"], "not found"),
         (["fit", "MISSING.csv"], "not found"),
