@@ -118,7 +118,7 @@ def two_point_data(dx2: float = DX2, dy2: float = DY2, *, in_size: int = 1, out_
 
 def two_points(setting: str = "default", *, key: PRNGKeyArray, width: int | None = None, depth: int | None = None,
                gain: float | None = None, lr: float | None = None, layer: int | None = None, x0: float = -1.0,
-               dtype=None) -> TwoPointExperiment:
+               activation: str | None = None, dtype=None) -> TwoPointExperiment:
     """Build the data and network of a row of THEORY.md §5.
 
     **Arguments:**
@@ -128,6 +128,7 @@ def two_points(setting: str = "default", *, key: PRNGKeyArray, width: int | None
     - `width`, `depth`, `gain`, `lr`, `layer`: override the row (e.g. smaller networks for tests and
       quick runs; `gain`/`lr` for the gain series).
     - `x0`: the first input (−1 in the paper; see `two_point_data` on the kink).
+    - `activation`: override the row's activation (e.g. `"leaky_relu_right"`: the other kink convention).
     - `dtype`: cast the network's parameters and the data (e.g. `jnp.float32`, the authors' precision);
       default: JAX's default float.
 
@@ -145,6 +146,7 @@ def two_points(setting: str = "default", *, key: PRNGKeyArray, width: int | None
         depth=row.depth if depth is None else depth,
         gain=row.gain if gain is None else gain,
         lr=row.lr if lr is None else lr,
+        activation=row.activation if activation is None else activation,
     )
     if layer is None:  # the row's layer, or the middle one when the depth was overridden
         layer = row.layer if row.depth == SETTINGS[setting].depth else row.depth // 2

@@ -27,15 +27,29 @@ def identity(x: Array) -> Array:
     return x
 
 
+def leaky_relu_right(x: Array) -> Array:
+    """Leaky ReLU with the *right* slope (1) at exactly 0: `jax.nn.leaky_relu`'s convention."""
+    return jnp.where(x >= 0, x, LEAKY_SLOPE * x)
+
+
+def relu_right(x: Array) -> Array:
+    """ReLU with slope 1 at exactly 0."""
+    return jnp.where(x >= 0, x, jnp.zeros_like(x))
+
+
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "leaky_relu": leaky_relu,
     "relu": relu,
+    "leaky_relu_right": leaky_relu_right,
+    "relu_right": relu_right,
     "tanh": jnp.tanh,
     "elu": jax.nn.elu,
     "silu": jax.nn.silu,
     "none": identity,
 }
-"""Activation functions by name. `none` is the identity (a deep linear network)."""
+"""Activation functions by name. `none` is the identity (a deep linear network). The `_right`
+variants take the right slope at exactly 0 (JAX's convention), for measuring what the kink
+convention changes; the plain names are PyTorch's (left slope)."""
 
 
 def activation(name: str) -> Callable[[Array], Array]:

@@ -370,3 +370,15 @@ def test_gradient_descent_divergence_after_the_last_observation_is_reported():
         fs.gradient_descent(net, x, y, 1e3, 99, every=100)
     ok = fs.gradient_descent(net, x, y, 1e-2, 99, every=100)
     assert ok.result == RESULTS.successful and float(ok.stats["t_final"]) == pytest.approx(0.99)
+
+
+def test_kink_conventions():
+    """PyTorch's convention (the left slope at exactly 0) and the right-slope variants."""
+    x = jnp.array([-1.0, 0.0, 1.0])
+    for name, slope0 in (("leaky_relu", 0.01), ("leaky_relu_right", 1.0), ("relu", 0.0), ("relu_right", 1.0)):
+        f = models.ACTIVATIONS[name]
+        grads = jax.vmap(jax.grad(f))(x)
+        assert float(grads[1]) == slope0, name
+        np.testing.assert_array_equal(f(x), models.ACTIVATIONS[name.removesuffix("_right")](x))
+    exp = fs.experiments.two_points("default", key=jax.random.key(0), width=8, depth=2, activation="leaky_relu_right")
+    assert exp.model.activation == "leaky_relu_right" and exp.setting.activation == "leaky_relu_right"
