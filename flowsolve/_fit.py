@@ -13,6 +13,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ._compile_cache import call_cached
 from ._custom_types import RealScalarLike
+from ._results import RESULTS
 from ._theory import EffectiveTheory, TheorySolution, _regular_vector_field, from_regular, solve_theory, to_regular
 from ._validation import is_concrete
 
@@ -50,6 +51,9 @@ class FitResult(eqx.Module):
     - `errors`: normalised error of each fitted curve, `RMSE / (max − min)` of the observed one:
       `"h"`, `"y"`, `"w"`, and with `m` also `"m"` and `"loss"`.
     - `converged`: the optimiser met its tolerance and the theory's solve at the optimum succeeded.
+    - `result`: a `flowsolve.RESULTS` saying how the fit went: `successful`; `poor_fit` (converged,
+      but a normalised error of h, y or w above `max_error`); `fit_not_converged`;
+      `theory_solve_failed`; `invalid_input` (traced data that a direct call would refuse).
     - `num_steps`: optimiser steps (both starts); `ode_steps`: solver steps of the final theory solve.
     """
 
@@ -67,6 +71,7 @@ class FitResult(eqx.Module):
     residual: Float[Array, "*batch"]
     errors: dict[str, Float[Array, "*batch"]]
     converged: Bool[Array, "*batch"]
+    result: RESULTS
     num_steps: Int[Array, "*batch"]
     ode_steps: Int[Array, "*batch"]
 
@@ -288,6 +293,8 @@ def _fit_one(data: _Data, init, layout: _Layout, solve: _Solver, tol, max_steps)
     states, ok, ode_steps = _trajectory(solve, rates, start, data)
     errors = _normalised_errors(states, data, layout, eta_mean, m0)
     converged = lm_ok & ok & jnp.all(jnp.isfinite(params))
+    result = RESULTS.where(converged, RESULTS.successful,
+                           RESULTS.where(ok, RESULTS.fit_not_converged, RESULTS.theory_solve_failed))
     # The start itself (finite even when the solve at the optimum failed), as (h, y, w).
     if layout.regular:
         state0 = jnp.stack(from_regular(_Rates(rates[0], rates[1], data.dx2, data.dy2), *start))
@@ -309,6 +316,7 @@ def _fit_one(data: _Data, init, layout: _Layout, solve: _Solver, tol, max_steps)
         residual=jnp.sum(r**2),
         errors=errors,
         converged=converged,
+        result=result,
         num_steps=num_steps,
         ode_steps=ode_steps,
     )
@@ -368,6 +376,7 @@ def fit_effective_rates(
     tol: float = 1e-8,
     max_steps: int = 100,
     chunk: int | None = None,
+    max_error: float = 0.15,
 ) -> FitResult:
     """Fit the effective learning rates `η_h, η_y` of the theory to an observed trajectory.
 
@@ -410,8 +419,11 @@ def fit_effective_rates(
     - `chunk`: how many trajectories of a batch are vmapped together (the chunks run in turn, in one
       compiled call). Default: 1 on a CPU, where lockstep makes vmapped fits slower than one at a
       time (`benchmarks/bench_fit.py`), the whole batch elsewhere.
+    - `max_error`: a converged fit whose normalised error (RMSE / range) of h, y or w exceeds this
+      gets `result = RESULTS.poor_fit` (default 0.15: the boundary this project's reproductions call
+      *fails*), so that a bad fit is not read as a good one.
 
-    **Returns:** a `FitResult` (batched like the data).
+    **Returns:** a `FitResult` (batched like the data); its `result` says how the fit went.
 
     **Raises:** `ValueError` naming what is wrong: mismatched shapes, fewer than `MIN_SAMPLES`
     samples, non-finite data, non-increasing `ts`, `h ≤ 0`, `dx2 ≤ 0`, `dy2 < 0`, negative weights,
@@ -446,7 +458,7 @@ def fit_effective_rates(
         init_arr = np.asarray(init, dtype=np.float64)
         if init_arr.shape != (2,) or not np.all(np.isfinite(init_arr)) or np.any(init_arr <= 0):
             raise ValueError(f"`init` must be two finite positive rates (eta_h, eta_y), got {init!r}.")
-    for name, value in (("rtol", rtol), ("atol", atol), ("tol", tol)):
+    for name, value in (("rtol", rtol), ("atol", atol), ("tol", tol), ("max_error", max_error)):
         if not (isinstance(value, (int, float)) and value > 0):
             raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
     n = data.ts.shape[0]
@@ -462,7 +474,15 @@ def fit_effective_rates(
         result = _mask_invalid(result, valid)
     else:
         result = _run(data, init_batch, layout, solve, tol, max_steps, min(chunk, n))
+    worst = jnp.maximum(jnp.maximum(result.errors["h"], result.errors["y"]), result.errors["w"])
+    poor = (result.result == RESULTS.successful) & ~(worst <= max_error)
+    result = eqx.tree_at(lambda r: r.result, result, _where_each(poor, RESULTS.poor_fit, result.result))
     return jax.tree_util.tree_map(lambda x: x.reshape(batch_shape + x.shape[1:]), result)
+
+
+def _where_each(pred: Bool[Array, " n"], code: RESULTS, results: RESULTS) -> RESULTS:
+    """`code` where `pred`, else `results`, member by member of a flat batch."""
+    return jax.vmap(lambda p, r: RESULTS.where(p, code, r))(pred, results)
 
 
 def _mask_invalid(result: FitResult, valid: Bool[Array, " n"]) -> FitResult:
@@ -476,7 +496,8 @@ def _mask_invalid(result: FitResult, valid: Bool[Array, " n"]) -> FitResult:
             return jnp.where(ok, x, jnp.nan)
         return x
 
-    return jax.tree_util.tree_map(mask, result)
+    code = _where_each(~valid, RESULTS.invalid_input, result.result)
+    return eqx.tree_at(lambda r: r.result, jax.tree_util.tree_map(mask, result), code)
 
 
 def _run(data: _Data, init, layout: _Layout, solve: _Solver, tol, max_steps, chunk) -> FitResult:
@@ -489,7 +510,7 @@ def _run(data: _Data, init, layout: _Layout, solve: _Solver, tol, max_steps, chu
                                   tol, max_steps, chunk)
             return jax.tree_util.tree_leaves(fit)
 
-        key = (layout, repr(solve), tol, max_steps, chunk)
+        key = (layout, repr(solve), tol, max_steps, chunk, "result")  # "result": FitResult has a result code
         out = call_cached("fit_effective_rates", flat_fit, key, [*leaves, init])
         if out is not None:
             return jax.tree_util.tree_unflatten(_result_treedef(layout), out)
@@ -500,6 +521,7 @@ def _result_treedef(layout: _Layout):
     keys = ["h", "y", "w"] + (["m", "loss"] if layout.fit_mean else [])
     fields = {f: 0.0 for f in FitResult.__dataclass_fields__}
     fields["errors"] = {k: 0.0 for k in keys}
+    fields["result"] = RESULTS.successful
     return jax.tree_util.tree_structure(FitResult(**fields))
 
 

@@ -22,3 +22,16 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "The initial state is not admissible: it needs finite h0 > 0, y0 >= 0 and (y0 - w0)^2 <= dy2*y0 "
         "(Cauchy-Schwarz); no network has it, so nothing was computed for it."
     )
+    fit_not_converged = (
+        "The fit's optimiser did not meet its tolerance within `max_steps` (or stopped on a non-finite "
+        "step): the rates are its last iterate, not an optimum. Try a larger `max_steps` or another `init`."
+    )
+    theory_solve_failed = (
+        "The theory's solve at the fitted rates failed (its step limit or a non-finite state): try a larger "
+        "`max_ode_steps`, or `solver=diffrax.Kvaerno5()` for a stiff trajectory."
+    )
+    poor_fit = (
+        "The fit converged, but the theory does not describe the data: a normalised error (RMSE / range) of "
+        "h, y or w is above `max_error`. The rates are the best the theory can do; do not read them as the "
+        "data's."
+    )

@@ -284,3 +284,24 @@ def test_compilation_cache_serves_a_fresh_process(tmp_path):
     second = run()
     assert first == second
     np.testing.assert_allclose([float(v) for v in first], [2.0, 0.5], rtol=1e-5)
+
+
+def test_result_says_how_the_fit_went():
+    """`result`: successful on the theory's own data; poor_fit when it converges on data the theory
+    cannot follow; fit_not_converged when the optimiser runs out of steps; invalid_input traced."""
+    ts, (h, y, w) = _trajectory(2.0, 0.5, [0.05, 0.0, 0.0], samples=41)
+    good = fs.fit_effective_rates(ts, h, y, w, DX2, DY2)
+    assert bool(good.result == fs.RESULTS.successful) and bool(good.converged)
+    wobbly = y * (1 + 0.5 * np.sin(np.linspace(0.0, 12.0, 41)))  # no theory trajectory looks like this
+    poor = fs.fit_effective_rates(ts, h, wobbly, w, DX2, DY2)
+    assert bool(poor.converged) and bool(poor.result == fs.RESULTS.poor_fit)
+    assert max(float(poor.errors[k]) for k in ("h", "y", "w")) > 0.15
+    lenient = fs.fit_effective_rates(ts, h, wobbly, w, DX2, DY2, max_error=0.5)
+    assert bool(lenient.result == fs.RESULTS.successful)
+    short = fs.fit_effective_rates(ts, h, wobbly, w, DX2, DY2, max_steps=1)
+    assert not bool(short.converged) and bool(short.result == fs.RESULTS.fit_not_converged)
+    batch = jax.jit(jax.vmap(lambda hh: fs.fit_effective_rates(ts, hh, y, w, DX2, DY2)))(np.stack([h, -h]))
+    np.testing.assert_array_equal(batch.result == fs.RESULTS.successful, [True, False])
+    np.testing.assert_array_equal(batch.result == fs.RESULTS.invalid_input, [False, True])
+    with pytest.raises(ValueError, match="`max_error`"):
+        fs.fit_effective_rates(ts, h, y, w, DX2, DY2, max_error=0.0)
