@@ -173,9 +173,11 @@ def test_reproduce_paper_fast_resumes_and_regenerates(tmp_path):
                  "alterations.csv", "grid.md", "grid.csv", "grid.png", "depth_profile.md", "depth_profile.csv"):
         assert (folder / name).stat().st_size > 100, name
     fits = (folder / "fits.csv").read_text().splitlines()
-    # default and two_layer at lr/2, lr and lr/4, and two_layer's exact flow (a linear network: smooth)
-    assert len(fits) == 1 + 7
+    # default and two_layer at lr/2, lr and lr/4, two_layer's exact flow (a linear network: smooth), and
+    # default with the other kink convention (leaky ReLU: piecewise linear)
+    assert len(fits) == 1 + 8
     assert any(",flow," in line and line.startswith("two_layer") for line in fits)
+    assert any(",kink," in line and line.startswith("default") for line in fits)
     assert "2× dy equation *" in (folder / "alterations.md").read_text()
     table = (folder / "universality.md").read_text()
     assert "| default | 1 |" in table and "| two_layer | 1 |" in table
@@ -183,7 +185,7 @@ def test_reproduce_paper_fast_resumes_and_regenerates(tmp_path):
              "--out", str(folder)]
     again = subprocess.run(paper, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert again.returncode == 0, again.stderr
-    assert "7 runs, 7 stored, 0 to train" in again.stdout
+    assert "8 runs, 8 stored, 0 to train" in again.stdout
     import shutil
 
     shutil.rmtree(folder / "runs")  # only the CSVs are left, as committed
