@@ -337,18 +337,55 @@ FLOW_KEYS = ("seed", "gain", "dx2", "dy2")
 FLOW_STATIC = ("width", "depth")
 
 
-def _axis_values(name: str, spec: Any):
+MAX_AXIS = 1_000_000
+"""The most values one axis of a sweep file may have (checked before anything is allocated)."""
+
+SWEEP_FILE_KEYS = ("kind", "name", "t1", "samples", "base", "axes", "setting", "rtol")
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float, not a bool (TOML's `true` is no number)."""
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _axis_values(name: str, spec: Any, integer: bool = False):
     import numpy as np
 
+    what = "an integer" if integer else "a finite number"
     if isinstance(spec, list):
-        return spec
-    if isinstance(spec, dict) and len(spec) == 1:
+        values = spec
+    elif isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in ("linspace", "logspace", "range"):
         (kind, args), = spec.items()
-        makers = {"linspace": np.linspace, "logspace": np.logspace, "range": np.arange}
-        if kind in makers and isinstance(args, list) and 2 <= len(args) <= 3:
-            return makers[kind](*args).tolist()
-    raise UserError(f"axis {name!r} must be a list of values or one of {{linspace|logspace|range = [a, b, n]}}, "
-                    f"got {spec!r}.")
+        if not (isinstance(args, list) and len(args) == 3 and all(_is_number(a) for a in args)):
+            raise UserError(f"axis {name!r}: `{kind}` takes [a, b, {'step' if kind == 'range' else 'n'}] of finite "
+                            f"numbers, got {args!r}.")
+        a, b, c = args
+        if kind == "range":
+            n = (b - a) / c if c != 0 else float("inf")
+            if not (c != 0 and 0 < n <= MAX_AXIS):
+                raise UserError(f"axis {name!r}: range {args!r} gives {'no' if n <= 0 else 'too many'} values "
+                                f"(at most {MAX_AXIS:,}).")
+            values = np.arange(a, b, c).tolist()
+        else:
+            if not (_is_count(c) and 1 <= c <= MAX_AXIS):
+                raise UserError(f"axis {name!r}: the count of `{kind}` must be an integer in [1, {MAX_AXIS:,}], "
+                                f"got {c!r}.")
+            values = {"linspace": np.linspace, "logspace": np.logspace}[kind](a, b, c).tolist()
+    else:
+        raise UserError(f"axis {name!r} must be a list of values or one of {{linspace|logspace = [a, b, n], "
+                        f"range = [a, b, step]}}, got {spec!r}.")
+    if not values:
+        raise UserError(f"axis {name!r} has no values.")
+    for v in values:
+        if not (_is_count(v) if integer else _is_number(v)):
+            raise UserError(f"axis {name!r}: every value must be {what}, got {v!r}.")
+    return values
 
 
 @app.command("sweep")
@@ -360,23 +397,44 @@ def sweep_command(
     """Run a sweep of theory solves or network flows described by a TOML file; resumable."""
     with _errors():
         cfg = _load_config(config)
+        unknown = sorted(set(cfg) - set(SWEEP_FILE_KEYS))
+        if unknown:
+            raise UserError(f"unknown keys in {str(config)!r}: {', '.join(unknown)}; allowed: "
+                            f"{', '.join(SWEEP_FILE_KEYS)}.")
         kind = cfg.get("kind")
         if kind not in ("theory", "flow"):
             raise UserError(f"`kind` must be \"theory\" or \"flow\", got {kind!r}.")
         if not isinstance(cfg.get("axes"), dict) or not cfg["axes"]:
             raise UserError("the config needs an [axes] table with at least one axis.")
         t1 = cfg.get("t1")
-        if not isinstance(t1, (int, float)) or not t1 > 0:
-            raise UserError(f"`t1` must be a number > 0, got {t1!r}.")
-        samples = int(cfg.get("samples", 51))
-        if samples < 2:
-            raise UserError(f"`samples` must be ≥ 2, got {samples}.")
+        if not _is_number(t1) or not t1 > 0:
+            raise UserError(f"`t1` must be a finite number > 0, got {t1!r}.")
+        samples = cfg.get("samples", 51)
+        if not _is_count(samples) or not 2 <= samples <= MAX_AXIS:
+            raise UserError(f"`samples` must be an integer in [2, {MAX_AXIS:,}], got {samples!r}.")
+        if "rtol" in cfg and not (_is_number(cfg["rtol"]) and cfg["rtol"] > 0):
+            raise UserError(f"`rtol` must be a finite number > 0, got {cfg['rtol']!r}.")
+        for key in ("name", "setting"):
+            if key in cfg and not isinstance(cfg[key], str):
+                raise UserError(f"`{key}` must be a string, got {cfg[key]!r}.")
+        if not isinstance(cfg.get("base", {}), dict):
+            raise UserError(f"`base` must be a table of parameter = value, got {cfg['base']!r}.")
         base = dict(cfg.get("base", {}))
         allowed = THEORY_KEYS if kind == "theory" else FLOW_KEYS + FLOW_STATIC
         for k in list(cfg["axes"]) + list(base):
             if k not in allowed:
                 raise UserError(f"unknown parameter {k!r} for a {kind} sweep; allowed: {', '.join(allowed)}.")
-        axes = {k: _axis_values(k, v) for k, v in cfg["axes"].items()}
+        integer = set(FLOW_STATIC) | {"seed"}
+        for k, v in base.items():
+            if not (_is_count(v) if k in integer else _is_number(v)):
+                raise UserError(f"`base.{k}` must be {'an integer' if k in integer else 'a finite number'}, "
+                                f"got {v!r}.")
+        axes = {k: _axis_values(k, v, integer=k in integer) for k, v in cfg["axes"].items()}
+        points = 1
+        for values in axes.values():
+            points *= len(values)
+        if points > MAX_AXIS:
+            raise UserError(f"the axes give {points:,} points; at most {MAX_AXIS:,} in one sweep file.")
         folder = _folder(out)
         _x64()
         _setup_matplotlib()

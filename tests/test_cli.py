@@ -194,3 +194,33 @@ def test_reproduce_paper_fast_resumes_and_regenerates(tmp_path):
                             timeout=600, cwd=ROOT)
     assert remade.returncode == 0, remade.stderr
     assert (folder / "universality.md").read_text() == table
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ('kind = "theory"\nt1 = 5.0\nsample = 5\n[axes]\neta_h = [1.0]\n', "unknown keys"),
+        ('kind = "theory"\nt1 = true\n[axes]\neta_h = [1.0]\n', "`t1` must be a finite number"),
+        ('kind = "theory"\nt1 = inf\n[axes]\neta_h = [1.0]\n', "`t1` must be a finite number"),
+        ('kind = "theory"\nt1 = 5.0\nsamples = 4.7\n[axes]\neta_h = [1.0]\n', "`samples` must be an integer"),
+        ('kind = "theory"\nt1 = 5.0\nsamples = "many"\n[axes]\neta_h = [1.0]\n', "`samples` must be an integer"),
+        ('kind = "flow"\nt1 = 5.0\nrtol = nan\n[axes]\nseed = [0]\n', "`rtol` must be a finite number"),
+        ('kind = "theory"\nt1 = 5.0\nbase = 3\n[axes]\neta_h = [1.0]\n', "`base` must be a table"),
+        ('kind = "theory"\nt1 = 5.0\n[axes]\neta_h = {linspace = [0.5, 2.0, 3.5]}\n', "must be an integer"),
+        ('kind = "theory"\nt1 = 5.0\n[axes]\neta_h = {range = [0, 1e13, 1]}\n', "too many values"),
+        ('kind = "theory"\nt1 = 5.0\n[axes]\neta_h = ["a", 1.0]\n', "every value must be a finite number"),
+        ('kind = "theory"\nsetting = ["default"]\nt1 = 5.0\n[axes]\neta_h = [1.0]\n', "`setting` must be a string"),
+        ('kind = "flow"\nt1 = 5.0\n[base]\nwidth = "abc"\n[axes]\nseed = [0]\n', "`base.width` must be an integer"),
+        ('kind = "flow"\nt1 = 5.0\n[axes]\nwidth = [8.5]\n', "every value must be an integer"),
+    ],
+)
+def test_bad_sweep_files_are_one_line(tmp_path, text, match):
+    from typer.testing import CliRunner
+
+    from flowsolve._cli import app
+
+    config = tmp_path / "sweep.toml"
+    config.write_text(text)
+    result = CliRunner().invoke(app, ["sweep", str(config), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert match in result.output and "Traceback" not in result.output, result.output
