@@ -214,8 +214,30 @@ def _load_config(path: pathlib.Path | None) -> dict[str, Any]:
         raise UserError(f"malformed config {str(path)!r}: {e}") from None
 
 
+def _on_command_line(ctx: typer.Context, name: str) -> bool:
+    # By name: typer may carry its own copy of click's `ParameterSource`.
+    return getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
+
+
+def _check_config_types(values: dict[str, Any], config) -> None:
+    """The rules of the flags, for values that came from a config file."""
+    rules = {"setting": (str, "a string"), "solver": (str, "a string"), "fit": (bool, "true or false")}
+    for key, value in values.items():
+        if key in rules:
+            ok = isinstance(value, rules[key][0])
+        elif key in ("width", "depth", "seed"):
+            ok = (value is None and key != "seed") or _is_count(value)
+        else:  # gain, t1, rtol
+            ok = value is None or _is_number(value)
+        if not ok:
+            what = rules[key][1] if key in rules else ("an integer" if key in ("width", "depth", "seed")
+                                                       else "a finite number")
+            raise UserError(f"`{key}` in {str(config)!r} must be {what}, got {value!r}.")
+
+
 @app.command()
 def flow(
+    ctx: typer.Context,
     setting: Annotated[str, typer.Argument(help="a row of THEORY.md §5, e.g. default, tanh, skip")] = "default",
     out: Out = pathlib.Path("flowsolve_out/flow"),
     config: Annotated[pathlib.Path | None, typer.Option(help="TOML file with any of the options below")] = None,
@@ -236,10 +258,13 @@ def flow(
         unknown = set(cfg) - allowed
         if unknown:
             raise UserError(f"unknown keys in {config}: {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}.")
-        setting = cfg.get("setting", setting)
-        width, depth, gain = cfg.get("width", width), cfg.get("depth", depth), cfg.get("gain", gain)
-        seed, t1, rtol, fit = cfg.get("seed", seed), cfg.get("t1", t1), cfg.get("rtol", rtol), cfg.get("fit", fit)
-        solver = cfg.get("solver", solver)
+        given = dict(setting=setting, width=width, depth=depth, gain=gain, seed=seed, t1=t1, rtol=rtol, solver=solver,
+                     fit=fit)
+        # A flag given on the command line wins over the file; the file wins over the defaults.
+        chosen = {k: v if _on_command_line(ctx, k) else cfg.get(k, v) for k, v in given.items()}
+        _check_config_types(chosen, config)
+        setting, width, depth, gain = chosen["setting"], chosen["width"], chosen["depth"], chosen["gain"]
+        seed, t1, rtol, fit, solver = chosen["seed"], chosen["t1"], chosen["rtol"], chosen["fit"], chosen["solver"]
         if solver not in _SOLVERS:
             raise UserError(f"unknown solver {solver!r}; choose one of {', '.join(_SOLVERS)}.")
         folder = _folder(out)

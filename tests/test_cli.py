@@ -224,3 +224,26 @@ def test_bad_sweep_files_are_one_line(tmp_path, text, match):
     result = CliRunner().invoke(app, ["sweep", str(config), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2, result.output
     assert match in result.output and "Traceback" not in result.output, result.output
+
+
+def test_flow_flags_win_over_the_config_and_config_types_are_checked(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import flowsolve._cli as cli_module
+
+    seen = {}
+
+    def fake_experiment(setting, seed, width, depth, gain):  # stop before any computing
+        seen.update(setting=setting, seed=seed, width=width, depth=depth)
+        raise cli_module.UserError("stopped here")
+
+    monkeypatch.setattr(cli_module, "_experiment", fake_experiment)
+    config = tmp_path / "run.toml"
+    config.write_text('setting = "tanh"\nwidth = 16\nseed = 3\n')
+    runner = CliRunner()
+    result = runner.invoke(cli_module.app, ["flow", "--config", str(config), "--width", "8", "--out", str(tmp_path / "o")])
+    assert "stopped here" in result.output, result.output
+    assert seen == {"setting": "tanh", "seed": 3, "width": 8, "depth": None}  # the flag wins; the rest from the file
+    config.write_text('width = "abc"\n')
+    result = runner.invoke(cli_module.app, ["flow", "--config", str(config), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "`width`" in result.output and "must be an integer" in result.output
