@@ -214,6 +214,12 @@ def _load_config(path: pathlib.Path | None) -> dict[str, Any]:
         raise UserError(f"malformed config {str(path)!r}: {e}") from None
 
 
+def _result_message(result) -> str:
+    from ._results import RESULTS
+
+    return "successful" if bool(result == RESULTS.successful) else RESULTS[result]
+
+
 def _on_command_line(ctx: typer.Context, name: str) -> bool:
     # By name: typer may carry its own copy of click's `ParameterSource`.
     return getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
@@ -320,18 +326,33 @@ def fit_command(
     """Fit the effective learning rates η_h, η_y to a trajectory (e.g. `flow.csv` of `flowsolve flow`)."""
     with _errors():
         folder = _folder(out)
+        if data.is_dir():
+            raise UserError(f"{str(data)!r} is a folder; give the CSV file (e.g. {str(data / 'flow.csv')!r}).")
         if not data.is_file():
             raise UserError(f"data file {str(data)!r} not found.")
         import numpy as np
 
+        if not data.read_text(errors="replace").strip():
+            raise UserError(f"{str(data)!r} is empty; it needs a header t,h,y,w[,m] and one row per sample.")
         try:
-            table = np.genfromtxt(data, delimiter=",", names=True)
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # numpy warns on an empty body; said below instead
+                table = np.atleast_1d(np.genfromtxt(data, delimiter=",", names=True))
         except ValueError as e:
             raise UserError(f"malformed CSV {str(data)!r}: {e}") from None
         names = table.dtype.names or ()
         missing = [c for c in ("t", "h", "y", "w") if c not in names]
         if missing:
             raise UserError(f"{str(data)!r} lacks the columns {', '.join(missing)} (has: {', '.join(names)}).")
+        for name in ("t", "h", "y", "w", "m"):
+            if name in names:
+                column = np.asarray(table[name], float)
+                if column.size and np.isnan(column).any():
+                    row = int(np.argmax(np.isnan(column))) + 2
+                    raise UserError(f"{str(data)!r}: column {name!r} has a value that is not a number "
+                                    f"(line {row}).")
         _x64()
         _setup_matplotlib()
         from . import plot
@@ -348,13 +369,15 @@ def fit_command(
             lines.append(f"eta_mean = {float(result.eta_mean):.8g} ± {float(result.eta_mean_se):.2g}")
         lines.append("normalised errors: " + ", ".join(f"{k} {float(v):.4f}" for k, v in result.errors.items()))
         lines.append(f"converged: {bool(result.converged)}")
+        lines.append(f"result: {_result_message(result.result)}")
         text = "\n".join(lines) + "\n"
         typer.echo(text, nl=False)
         (folder / "summary.txt").write_text(text)
         theory = result.predict(cols["t"], throw=False)
+        _write_csv(folder / "fit.csv", {"t": cols["t"], **{k: getattr(theory, k) for k in ("h", "y", "w", "loss")}})
         _save(plot.trajectories(cols["t"], cols, theory, title="data (solid), fitted theory (dashed)"),
               folder / "fit.png")
-        typer.echo(f"wrote {folder / 'fit.png'}, {folder / 'summary.txt'}")
+        typer.echo(f"wrote {folder / 'fit.png'}, {folder / 'fit.csv'} (the fitted theory), {folder / 'summary.txt'}")
 
 
 THEORY_KEYS = ("eta_h", "eta_y", "dx2", "dy2", "h0", "y0", "w0")

@@ -247,3 +247,22 @@ def test_flow_flags_win_over_the_config_and_config_types_are_checked(tmp_path, m
     config.write_text('width = "abc"\n')
     result = runner.invoke(cli_module.app, ["flow", "--config", str(config), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "`width`" in result.output and "must be an integer" in result.output
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [("", "is empty"), ("t,h,y,w\n0,1,abc,0\n1,2,3,4\n", "column 'y' has a value that is not a number (line 2)"),
+     (None, "is a folder")],
+)
+def test_bad_fit_data_is_one_line(tmp_path, content, match):
+    from typer.testing import CliRunner
+
+    from flowsolve._cli import app
+
+    data = tmp_path / "data.csv"
+    if content is None:
+        data = tmp_path
+    else:
+        data.write_text(content)
+    result = CliRunner().invoke(app, ["fit", str(data), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and match in result.output and "Traceback" not in result.output, result.output
