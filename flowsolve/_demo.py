@@ -128,7 +128,27 @@ def run_network(width: int | None, rtol: float, seed: int, out: pathlib.Path) ->
     print("The paper's inputs put every leaky-ReLU unit on its kink at t = 0: its exact flow is not smooth\n"
           "(docs/flow.md). The paper's every row at width 500, over seeds and step sizes: docs/reproduction.md.")
     _plot(results, out)
-    print(f"\nfits {fit_s:.1f} s; total {time.perf_counter() - total:.1f} s; wrote {out}")
+    table = out.with_suffix(".csv")
+    _write_table(results, table)
+    print(f"\nfits {fit_s:.1f} s; total {time.perf_counter() - total:.1f} s; wrote {out}, {table}")
+
+
+def _write_table(results, path):
+    """Both networks' curves and their fitted theories, one row per (network, time)."""
+    import csv
+
+    import numpy as np
+
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["network", "t", "h", "y", "w", "loss", "theory_h", "theory_y", "theory_w", "theory_loss"])
+        for key, (exp, sol, fit, theory, _) in results.items():
+            columns = [np.asarray(sol.ts, np.float64)]
+            columns += [np.asarray(sol.observed[k], np.float64) for k in ("h", "y", "w", "loss")]
+            columns += [np.asarray(getattr(theory, k), np.float64) for k in ("h", "y", "w", "loss")]
+            label = f"{key}: {exp.name}"
+            for row in zip(*columns):
+                writer.writerow([label, *(f"{v:.8g}" for v in row)])
 
 
 def _regime(a_high: float, a_low: float) -> str:
