@@ -180,7 +180,7 @@ def test_reproduce_paper_fast_resumes_and_regenerates(tmp_path):
     assert any(",kink," in line and line.startswith("default") for line in fits)
     assert "2× dy equation *" in (folder / "alterations.md").read_text()
     table = (folder / "universality.md").read_text()
-    assert "| default | 1 |" in table and "| two_layer | 1 |" in table
+    assert "| default | 1 (" in table and "| two_layer | 1 (" in table
     paper = [sys.executable, str(ROOT / "examples" / "paper.py"), "--fast", "--rows", "default,two_layer",
              "--out", str(folder)]
     again = subprocess.run(paper, capture_output=True, text=True, timeout=600, cwd=ROOT)
