@@ -317,9 +317,11 @@ def figures(out: pathlib.Path, by: dict) -> None:
         fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
         for row, g in gains:
             rs = by[(row, "lr/2")]
+            a.plot([g] * len(rs), [r["h0"] for r in rs], "o", mfc="none", color="0.5", ms=5)
             a.plot([g] * len(rs), [r["h_final"] for r in rs], "o", color="k", ms=4)
             a.plot([g] * len(rs), [r["h_inf"] for r in rs], "x", color="C3", ms=6)
             b.plot([g] * len(rs), [r["worst"] for r in rs], "o", color="C0", ms=4)
+        a.plot([], [], "o", mfc="none", color="0.5", label="network at t = 0 (the lazy answer)")
         a.plot([], [], "o", color="k", label="network, end of training")
         a.plot([], [], "x", color="C3", label="closed form h(∞), fitted rates")
         a.set_yscale("log")
