@@ -28,7 +28,8 @@ Every run is stored in `--out/runs/` the moment it finishes (an interrupted invo
 it stopped); `trajectories.csv` (every run's observed curves) and `fits.csv` (one line per run) are
 then rewritten, and the tables (`universality.md`) and figures (`universality.png`,
 `gain_series.png`) are made from those two files alone: `--report-only` remakes them from the
-committed CSVs without training anything.
+committed CSVs without training anything. In both CSVs `lr` is 0 and `epochs` holds the solver's steps
+for the `flow` protocol; `seconds` is the training time of the run.
 """
 
 import argparse
