@@ -175,7 +175,8 @@ def recovered_rates(p):
                           throw=False)
     h = jnp.where(p["eta_h"] == 3.0, sol.h.at[5].set(-1.0), sol.h)
     fit = fs.fit_effective_rates(sol.ts, h, sol.y, sol.w, 1.0, 0.5)
-    return {"fit_eta_h": fit.eta_h, "fit_eta_y": fit.eta_y, "converged": fit.converged}
+    return {"fit_eta_h": fit.eta_h, "fit_eta_y": fit.eta_y, "converged": fit.converged,
+            "invalid": fit.result == fs.RESULTS.invalid_input, "successful": fit.result == fs.RESULTS.successful}
 
 
 def test_a_sweep_of_fits():
@@ -186,6 +187,7 @@ def test_a_sweep_of_fits():
     np.testing.assert_allclose(ds.fit_eta_h.values[:2], [1.0, 2.0], rtol=1e-6)
     np.testing.assert_allclose(ds.fit_eta_y.values[:2], [0.5, 0.5], rtol=1e-6)
     assert list(ds.converged.values) == [True, True, False] and list(ds.finite.values) == [True, True, False]
+    assert list(ds.successful.values) == [True, True, False] and list(ds.invalid.values) == [False, False, True]
     ts = np.linspace(0.0, 20.0, 21)
     sol = fs.solve_theory(fs.EffectiveTheory(2.0, 0.5, 1.0, 0.5), [0.05, 0.0, 0.0], 20.0, ts=ts)
     direct = fs.fit_effective_rates(sol.ts, sol.h, sol.y, sol.w, 1.0, 0.5)
