@@ -148,11 +148,15 @@ def fit(run: dict) -> dict:
         # (they scan 100 guesses; four more starts here), and keep the converged fit of least residual.
         for init in RESTARTS:
             g = fs.fit_effective_rates(ts, run["h"], run["y"], run["w"], DX2, DY2, m=m, init=init)
-            if bool(g.converged) and (not bool(f.converged) or float(g.residual) < float(f.residual)):
+            usable = bool(g.converged) and float(g.eta_h) > 0 and float(g.eta_y) > 0
+            if usable and (not bool(f.converged) or float(g.residual) < float(f.residual)):
                 f = g
     errors = {k: float(f.errors[k]) for k in ("h", "y", "w", "loss")}
     worst = max(errors.values())
-    a_low, a_high, h_inf = f.theory.fixed_point(run["h"][0], run["y"][0])
+    try:
+        a_low, a_high, h_inf = f.theory.fixed_point(run["h"][0], run["y"][0])
+    except ValueError:  # rates that under- or overflowed (a fit the theory could not make): no fixed point
+        a_low = a_high = h_inf = nan
     return out | {
         "converged": bool(f.converged), "eta_h": float(f.eta_h), "eta_h_se": float(f.eta_h_se),
         "eta_y": float(f.eta_y), "eta_y_se": float(f.eta_y_se), "eta_mean": float(f.eta_mean),

@@ -68,9 +68,15 @@ def test_universality_and_falsification_examples(tmp_path):
                            str(tmp_path / "runs"), "--out", str(tmp_path / "f.md")],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
-    row = [line for line in (tmp_path / "f.md").read_text().splitlines() if line.startswith("| two_layer")][0]
-    ratios = [float(v) for v in row.strip("|").split("|")[1:]]
-    assert len(ratios) == 6 and all(r > 1 for r in ratios)  # measured 6.8–43 at width 8
+    lines = (tmp_path / "f.md").read_text().splitlines()
+    names = [v.strip() for v in [line for line in lines if line.startswith("| row")][0].strip("|").split("|")[1:]]
+    row = [line for line in lines if line.startswith("| two_layer")][0]
+    ratios = dict(zip(names, (float(v) for v in row.strip("|").split("|")[1:])))
+    assert len(ratios) == 8
+    # The single-term alterations fit worse (measured 6.8–43 at width 8); the whole-equation doublings
+    # need not (at width 500 the doubled dh equation fits two_layer a little better: docs/reproduction.md).
+    single = [n for n in names if "equation" not in n]
+    assert len(single) == 6 and all(ratios[n] > 1 for n in single), ratios
 
 
 def _run_example(name, *args, timeout=900):
