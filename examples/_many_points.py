@@ -1,59 +1,109 @@
-"""Shared by the many-point examples (xor.py, blobs.py): a flow observed at every point, the theory's
-pairwise prediction of the final distance matrix, and similarity scores."""
+"""Shared by the paper's many-point reproductions (xor.py, mnist.py, orthogonal.py): a resumable CSV
+store, the rates carried over from the two-point fits, the in-sample pairwise fit, the theory's
+pairwise prediction and the similarity scores."""
 
-import jax
-import jax.numpy as jnp
+import csv
+import pathlib
+
 import numpy as np
 
 import flowsolve as fs
+
+FITS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "results" / "paper" / "fits.csv"
+"""The committed two-point fits (examples/paper.py): the source of the carried-over rates."""
+
+
+class Store:
+    """Rows of a CSV file, appended one run at a time and read back on the next start (resume)."""
+
+    def __init__(self, path: pathlib.Path, key: tuple[str, ...]):
+        self.path, self.key = pathlib.Path(path), key
+        self.rows = list(csv.DictReader(self.path.open())) if self.path.is_file() else []
+
+    def has(self, **key) -> bool:
+        return any(all(str(r[k]) == str(v) for k, v in key.items()) for r in self.rows)
+
+    def add(self, rows: list[dict]) -> None:
+        rows = [{k: _cell(v) for k, v in r.items()} for r in rows]
+        new = not self.path.is_file() or self.path.stat().st_size == 0
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+        self.rows += [{k: str(v) for k, v in r.items()} for r in rows]
+
+
+def _cell(v):
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.6g}"
+    return v
+
+
+def carried_rates(row: str = "default", protocol: str = "lr/2", fits: pathlib.Path = FITS) -> tuple[float, float, int]:
+    """The mean η_h and mean η_y of the committed two-point fits of `row` (as the authors carry the
+    default row's mean rates over to XOR); and how many fits went into them."""
+    if not pathlib.Path(fits).is_file():
+        raise SystemExit(f"error: {fits} not found: run examples/paper.py first (or pass --fits).")
+    rows = [r for r in csv.DictReader(pathlib.Path(fits).open())
+            if r["row"] == row and r["protocol"] == protocol and r["converged"] == "True" and r["verdict"] != "plateau"]
+    if not rows:
+        raise SystemExit(f"error: no converged {row!r} fits of protocol {protocol!r} in {fits}.")
+    return (float(np.mean([float(r["eta_h"]) for r in rows])), float(np.mean([float(r["eta_y"]) for r in rows])),
+            len(rows))
+
+
+def distances(p) -> np.ndarray:
+    """Euclidean distance matrix of the rows of `p` (points × features)."""
+    p = np.asarray(p, np.float64).reshape(len(p), -1)
+    sq = np.sum(p**2, axis=1)
+    return np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * p @ p.T, 0.0)) * (1 - np.eye(len(p)))
 
 
 def similarity(a, b) -> float:
     """Pearson correlation of the off-diagonal entries of two distance matrices."""
     i, j = np.triu_indices(len(a), k=1)
-    return float(np.corrcoef(np.asarray(a)[i, j], np.asarray(b)[i, j])[0, 1])
+    a, b = np.asarray(a)[i, j], np.asarray(b)[i, j]
+    if np.std(a) == 0 or np.std(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
 
 
-def run(net, x, y, t1: float, layer: int, rtol: float, n_times: int = 101, lr: float | None = None,
-        max_fit_pairs: int = 12) -> dict:
-    """The exact flow (or, with `lr`, full-batch gradient descent on the flow's clock t = lr·step)
-    observing every point's hidden representation and output; the pairwise fit of
-    (η_h, η_y) (one fit per pair, at most `max_fit_pairs` pairs spread evenly over all of them, the
-    median of the converged fits); the predicted and the actual final matrices of squared hidden
-    distances. (Fitting every pair of 20 points is 190 fits, minutes of fitting on lazy pairs whose
-    stiff, weakly determined fits run to their step limits.)"""
-    observe = {
-        "hidden": lambda m, xs, ys: jax.vmap(m)(xs)[1][layer].reshape(xs.shape[0], -1),
-        "out": lambda m, xs, ys: jax.vmap(m)(xs)[0].reshape(xs.shape[0], -1),
-        "loss": fs.mse_loss,
-    }
-    if lr is None:
-        ts = jnp.linspace(0.0, t1, n_times)
-        sol = fs.gradient_flow(net, x, y, t1, ts=ts, observe=observe, rtol=rtol, atol=1e-3 * rtol,
-                               max_steps=400_000)
+def relative_error(theory, network) -> float:
+    """Median over pairs of |theory − network| / network (off-diagonal distances)."""
+    i, j = np.triu_indices(len(network), k=1)
+    t, n = np.asarray(theory)[i, j], np.asarray(network)[i, j]
+    ok = n > 0
+    return float(np.median(np.abs(t[ok] - n[ok]) / n[ok])) if ok.any() else float("nan")
+
+
+def predicted_distances(x, y, hidden0, out0, eta_h: float, eta_y: float) -> np.ndarray:
+    """The theory's final distance matrix ‖h_i(∞) − h_j(∞)‖ (THEORY.md §4), every pair on its own."""
+    if not (np.isfinite(eta_h) and np.isfinite(eta_y)):
+        return np.full((len(x), len(x)), np.nan)
+    h = np.asarray(fs.predict_distances(np.asarray(x, np.float64), np.asarray(y, np.float64),
+                                        np.asarray(hidden0, np.float64), np.asarray(out0, np.float64), eta_h, eta_y))
+    return np.sqrt(np.maximum(h, 0.0))
+
+
+def fit_pairs(ts, x, y, hidden, out, pairs: list[tuple[int, int]] | None = None, max_pairs: int = 12) -> dict:
+    """Fit (η_h, η_y) to the trajectories of pairs of points (each pair its own two-point problem),
+    at most `max_pairs` of them spread evenly over all pairs of distinct inputs (or the given
+    `pairs`); the median rates of the fits that converged, and each fit's worst normalised error."""
+    pw = fs.pairwise_observables(np.asarray(x, np.float64), np.asarray(y, np.float64),
+                                 np.asarray(hidden, np.float64), np.asarray(out, np.float64))
+    index = {tuple(map(int, p)): k for k, p in enumerate(np.asarray(pw.pairs))}
+    moving = np.flatnonzero(np.asarray(pw.dx2) > 0)
+    if pairs is not None:
+        chosen = np.array([index[tuple(sorted(p))] for p in pairs])
     else:
-        every = max(1, round(t1 / lr / (n_times - 1)))
-        sol = fs.gradient_descent(net, x, y, lr, every * (n_times - 1), observe=observe, every=every)
-        ts = sol.ts
-    hidden, out = np.asarray(sol.observed["hidden"]), np.asarray(sol.observed["out"])
-    pw = fs.pairwise_observables(x, y, hidden, out)
-    moving = np.asarray(pw.dx2) > 0
-    if moving.sum() > max_fit_pairs:
-        keep = np.flatnonzero(moving)[np.linspace(0, moving.sum() - 1, max_fit_pairs).round().astype(int)]
-        moving = np.zeros_like(moving)
-        moving[keep] = True
-    fit = fs.fit_effective_rates(np.broadcast_to(np.asarray(ts), pw.h.shape)[moving], np.asarray(pw.h)[moving],
-                                 np.asarray(pw.y)[moving], np.asarray(pw.w)[moving], np.asarray(pw.dx2)[moving],
-                                 np.asarray(pw.dy2)[moving])
+        chosen = moving[np.linspace(0, len(moving) - 1, min(max_pairs, len(moving))).round().astype(int)]
+    ts = np.broadcast_to(np.asarray(ts, np.float64), np.asarray(pw.h).shape)
+    fit = fs.fit_effective_rates(ts[chosen], np.asarray(pw.h)[chosen], np.asarray(pw.y)[chosen],
+                                 np.asarray(pw.w)[chosen], np.asarray(pw.dx2)[chosen], np.asarray(pw.dy2)[chosen])
     good = np.asarray(fit.converged)
+    worst = np.max(np.stack([np.asarray(fit.errors[k]) for k in ("h", "y", "w")]), axis=0)
     eta_h = float(np.median(np.asarray(fit.eta_h)[good])) if good.any() else float("nan")
     eta_y = float(np.median(np.asarray(fit.eta_y)[good])) if good.any() else float("nan")
-    predicted = np.asarray(fs.predict_distances(x, y, hidden[0], out[0], eta_h, eta_y))
-    sq = lambda p: np.sum((p[:, None, :] - p[None, :, :]) ** 2, axis=-1)  # noqa: E731
-    flat = lambda a: np.asarray(a).reshape(len(a), -1)  # noqa: E731
-    return {
-        "network": sq(hidden[-1]), "theory": predicted, "initial": sq(hidden[0]), "inputs": sq(flat(x)),
-        "targets": sq(flat(y)), "eta_h": eta_h, "eta_y": eta_y, "fits_converged": int(good.sum()),
-        "pairs": int(moving.sum()), "loss0": float(sol.observed["loss"][0]), "loss1": float(sol.observed["loss"][-1]),
-        "steps": int(sol.stats.get("num_steps", sol.stats.get("steps"))),
-    }
+    return {"eta_h": eta_h, "eta_y": eta_y, "converged": int(good.sum()), "pairs": len(chosen),
+            "worst": worst, "fit": fit, "chosen": np.asarray(pw.pairs)[chosen], "pw": pw, "index": chosen}

@@ -24,6 +24,7 @@ from ._flow import (
     FlowSolution as FlowSolution,
     gradient_descent as gradient_descent,
     gradient_flow as gradient_flow,
+    Minibatches as Minibatches,
     mse_loss as mse_loss,
     two_point_observer as two_point_observer,
 )

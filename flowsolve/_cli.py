@@ -625,9 +625,14 @@ EXAMPLES = {
     "distance_grid": ("distance_grid.py", True, ["--width", "8", "--depth", "4"]),
     "rich_lazy": ("rich_lazy.py", True, ["--width", "8", "--seeds", "1", "--gains", "0.75,1.0,2.0"]),
     "xor": ("xor.py", True, ["--fast"]),
-    "digits": ("digits.py", True, ["--fast"]),
-    "blobs": ("blobs.py", True, ["--fast"]),
+    "mnist": ("mnist.py", True, ["--fast"]),
+    "orthogonal": ("orthogonal.py", True, ["--fast"]),
+    "two_digits": ("two_digits.py", True, ["--fast"]),
 }
+
+RENAMED = {"digits": "two_digits (the two-image run; `mnist` is the paper's experiment)",
+           "blobs": "orthogonal (the authors' blob task)"}
+"""Experiment names that changed, with what replaced them."""
 
 
 PAPER = ("paper_universality", "paper_grid", "depth_profile")
@@ -645,6 +650,8 @@ def reproduce(
     `paper` runs the two-point set at the paper's size: universality with the lr ladder, the exact flows
     and the altered theories, the distance grid and the depth profile, into one folder."""
     with _errors():
+        if name in RENAMED:
+            raise UserError(f"the experiment {name!r} is now {RENAMED[name]}.")
         if name not in EXAMPLES and name != "paper":
             raise UserError(f"unknown experiment {name!r}; choose one of paper, {', '.join(EXAMPLES)}.")
         examples = pathlib.Path(__file__).resolve().parents[1] / "examples"

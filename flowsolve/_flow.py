@@ -374,9 +374,10 @@ def gradient_descent(
     loss: Loss | None = None,
     every: int = 1,
     key: Array | None = None,
+    batches: "Minibatches | None" = None,
     throw: bool = True,
 ) -> FlowSolution:
-    """Full-batch gradient descent in one `lax.scan`, observed on the gradient-flow clock.
+    """Gradient descent in one `lax.scan` (full batch, or minibatches), observed on the gradient-flow clock.
 
     The discrete counterpart of `gradient_flow`: observations are at steps `0, every, 2·every, …`
     and their times are `t = lr · step`, so both overlay directly.
@@ -394,10 +395,22 @@ def gradient_descent(
       with a fresh `k` split from `key` (the default loss hands it to `model(x, key=...)`); the
       observations call the model without a key (deterministic, dropout off, as in PyTorch's
       `eval()` mode). Default `None`: plain deterministic descent.
+    - `batches`: `None` (default) for full-batch descent; a `Minibatches(size, key)` for minibatch
+      SGD. Then one of the `steps` is one *epoch* (every point visited once, in a fresh random order,
+      in batches of `size`, the last one smaller when `size` does not divide the points, as PyTorch's
+      `DataLoader(shuffle=True)`), `every` counts epochs, and the clock is `t = lr · updates`
+      (`ceil(points / size)` updates per epoch). The loss is the mean over each batch.
     - `throw`: raise when the loss or an observable becomes non-finite (the run diverged), with the
       time reached; with `throw=False` it is reported in `result`.
 
-    **Returns:** a `FlowSolution` (`stats`: `steps`, `t_final`).
+    **Returns:** a `FlowSolution` (`stats`: `steps` (epochs with `batches`), `updates`, `t_final`).
+
+    !!! example
+
+        ```python
+        sol = fs.gradient_descent(net, x, y, 0.003, 200, batches=fs.Minibatches(64, jax.random.key(0)),
+                                  observe={"loss": fs.mse_loss})   # 200 epochs of minibatch SGD
+        ```
     """
     inputs, targets, observer, loss = _prepare(model, inputs, targets, observe, layer, loss)
     check_positive("lr", lr)
@@ -408,26 +421,86 @@ def gradient_descent(
     if key is not None and not (isinstance(key, jax.Array) and (jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
                                                                 or key.shape == (2,))):
         raise ValueError(f"`key` must be a JAX PRNG key (jax.random.key(seed)) or None, got {key!r}.")
-    sol = _descent(model, inputs, targets, jnp.asarray(lr, dtype), steps, every, optimizer, observer, loss, key)
+    if batches is not None and not isinstance(batches, Minibatches):
+        raise ValueError(f"`batches` must be None or a flowsolve.Minibatches, got {type(batches).__name__}.")
+    sol = _descent(model, inputs, targets, jnp.asarray(lr, dtype), steps, every, optimizer, observer, loss, key,
+                   batches)
     return _report(sol, throw, "gradient descent")
 
 
+class Minibatches(eqx.Module):
+    """Minibatch SGD for `gradient_descent(batches=...)`: every epoch visits each point once, in a
+    fresh random order drawn from `key`, in batches of `size` points; the last batch of an epoch is
+    smaller when `size` does not divide the number of points (PyTorch's `DataLoader(shuffle=True)`).
+
+    **Arguments:** `size` (≥ 1; a size ≥ the number of points is full-batch descent in a shuffled
+    order), `key` (a JAX PRNG key).
+
+    !!! example
+
+        ```python
+        batches = fs.Minibatches(64, jax.random.key(0))
+        ```
+    """
+
+    size: int = eqx.field(static=True)
+    key: Array
+
+    def __init__(self, size: int, key: Array):
+        if not (isinstance(size, int) and not isinstance(size, bool) and size >= 1):
+            raise ValueError(f"`size` must be a positive int, got {size!r}.")
+        if not (isinstance(key, jax.Array) and (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape == (2,))):
+            raise ValueError(f"`key` must be a JAX PRNG key (jax.random.key(seed)), got {key!r}.")
+        self.size = size
+        self.key = key
+
+    def updates_per_epoch(self, points: int) -> int:
+        """`ceil(points / size)`."""
+        return -(-points // self.size)
+
+
 @eqx.filter_jit
-def _descent(model, inputs, targets, lr, steps, every, optimizer, observer, loss, key):
+def _descent(model, inputs, targets, lr, steps, every, optimizer, observer, loss, key, batches):
     params, static = eqx.partition(model, eqx.is_inexact_array)
     # Built here from the traced lr, so that a new lr reuses the compiled scan.
     optimizer = optax.sgd(lr) if optimizer is None else optimizer
     opt_state = optimizer.init(params)
 
-    def step(carry, _):
-        p, s, k = carry
+    def update(p, s, k, xs, ys):
         if k is None:
-            grads = jax.grad(lambda q: loss(eqx.combine(q, static), inputs, targets))(p)
+            grads = jax.grad(lambda q: loss(eqx.combine(q, static), xs, ys))(p)
         else:
             k, sub = jax.random.split(k)
-            grads = jax.grad(lambda q: loss(eqx.combine(q, static), inputs, targets, key=sub))(p)
+            grads = jax.grad(lambda q: loss(eqx.combine(q, static), xs, ys, key=sub))(p)
         updates, s = optimizer.update(grads, s, p)
-        return (optax.apply_updates(p, updates), s, k), None
+        return optax.apply_updates(p, updates), s, k
+
+    n = inputs.shape[0]
+    if batches is None:
+        per_step = 1
+
+        def step(carry, _):
+            p, s, k, order = carry
+            return (*update(p, s, k, inputs, targets), order), None
+        order_key = None
+    else:
+        size = min(batches.size, n)
+        full, rest = divmod(n, size)
+        per_step = full + (rest > 0)
+
+        def step(carry, _):  # one epoch
+            p, s, k, order = carry
+            order, sub = jax.random.split(order)
+            perm = jax.random.permutation(sub, n)
+
+            def one(c, idx):
+                return update(*c, inputs[idx], targets[idx]), None
+
+            (p, s, k), _ = jax.lax.scan(one, (p, s, k), perm[: full * size].reshape(full, size))
+            if rest:
+                p, s, k = update(p, s, k, inputs[perm[full * size:]], targets[perm[full * size:]])
+            return (p, s, k, order), None
+        order_key = batches.key
 
     def block(carry, _):
         carry, _ = jax.lax.scan(step, carry, None, length=every)
@@ -435,11 +508,12 @@ def _descent(model, inputs, targets, lr, steps, every, optimizer, observer, loss
 
     first = observer(model, inputs, targets)
     n_obs = steps // every
-    (p, s, k), rest = jax.lax.scan(block, (params, opt_state, key), None, length=n_obs)
+    carry, rest = jax.lax.scan(block, (params, opt_state, key, order_key), None, length=n_obs)
     if steps % every:
-        (p, s, k), _ = jax.lax.scan(step, (p, s, k), None, length=steps % every)
+        carry, _ = jax.lax.scan(step, carry, None, length=steps % every)
+    p = carry[0]
     observed = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
-    ts = lr * every * jnp.arange(n_obs + 1, dtype=lr.dtype)
+    ts = lr * (every * per_step) * jnp.arange(n_obs + 1, dtype=lr.dtype)
     finite_rows = jnp.stack(
         [jnp.all(jnp.isfinite(v).reshape(v.shape[0], -1), axis=1) for v in jax.tree_util.tree_leaves(observed)]
     ).all(axis=0)
@@ -449,6 +523,7 @@ def _descent(model, inputs, targets, lr, steps, every, optimizer, observer, loss
     all_finite = jnp.all(finite_rows) & final_finite
     result = RESULTS.where(all_finite, RESULTS.successful, RESULTS.nonfinite_state)
     first_bad = jnp.where(jnp.all(finite_rows), finite_rows.shape[0], jnp.argmin(finite_rows))
-    t_final = jnp.where(all_finite, lr * steps, ts[jnp.maximum(first_bad - 1, 0)])
+    t_final = jnp.where(all_finite, lr * (steps * per_step), ts[jnp.maximum(first_bad - 1, 0)])
     return FlowSolution(ts=ts, observed=observed, model=eqx.combine(p, static), result=result,
-                        stats={"steps": jnp.asarray(steps), "t_final": t_final})
+                        stats={"steps": jnp.asarray(steps), "updates": jnp.asarray(steps * per_step),
+                               "t_final": t_final})

