@@ -107,3 +107,22 @@ def fit_pairs(ts, x, y, hidden, out, pairs: list[tuple[int, int]] | None = None,
     eta_y = float(np.median(np.asarray(fit.eta_y)[good])) if good.any() else float("nan")
     return {"eta_h": eta_h, "eta_y": eta_y, "converged": int(good.sum()), "pairs": len(chosen),
             "worst": worst, "fit": fit, "chosen": np.asarray(pw.pairs)[chosen], "pw": pw, "index": chosen}
+
+
+def theory_distances_at(t: float, x, y, hidden0, out0, eta_h: float, eta_y: float) -> np.ndarray:
+    """The theory's distance matrix ‖h_i(t) − h_j(t)‖ at time `t`: every pair of distinct inputs
+    integrated from its own start (h, y, w at t = 0) with the given rates (one batched solve)."""
+    n = len(x)
+    pw = fs.pairwise_observables(np.asarray(x, np.float64), np.asarray(y, np.float64),
+                                 np.asarray(hidden0, np.float64), np.asarray(out0, np.float64))
+    out = np.zeros((n, n))
+    moving = np.asarray(pw.dx2) > 0
+    if not (np.isfinite(eta_h) and np.isfinite(eta_y)):
+        return np.full((n, n), np.nan)
+    theory = fs.EffectiveTheory(eta_h, eta_y, np.asarray(pw.dx2)[moving], np.asarray(pw.dy2)[moving])
+    states0 = np.stack([np.asarray(pw.h), np.asarray(pw.y), np.asarray(pw.w)], axis=-1)[moving]
+    sol = fs.solve_theory_batch(theory, states0, float(t), buckets=1, ts=np.array([0.0, float(t)]))
+    h = np.where(np.asarray(sol.result == fs.RESULTS.successful), np.asarray(sol.h)[:, -1], np.nan)
+    for (i, j), v in zip(np.asarray(pw.pairs)[moving], h):
+        out[i, j] = out[j, i] = np.sqrt(max(v, 0.0)) if np.isfinite(v) else np.nan
+    return out

@@ -19,6 +19,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jaxtyping import Array, ArrayLike
 
+from ._store import held_chunk_size, Store
+
 PointFn = Callable[[dict[str, Array]], dict[str, Array]]
 
 
@@ -189,7 +191,13 @@ def sweep(
         if len(d) != len(out_struct[k].shape):
             raise ValueError(f"`dims[{k!r}]` names {len(d)} dimensions but the output has shape {out_struct[k].shape}.")
 
-    folder = None
+    lead = jax.process_index() == 0
+    tags = [[f"chunk-{c:06d}.nc" if not static else f"chunk-g{g:04d}-{c:06d}.nc" for c in range(n_chunks)]
+            for g in range(len(groups))]
+    where = lambda g, c: {"group": g, "chunk": c, "lo": c * chunk_size, "hi": min((c + 1) * chunk_size, n)}  # noqa: E731
+    folder = holder = None
+    done = np.zeros((len(groups), n_chunks), dtype=bool)
+    preloaded: dict[tuple[int, int], dict[str, np.ndarray]] = {}
     if store is not None:
         folder = pathlib.Path(store)
         identity = {
@@ -202,37 +210,27 @@ def sweep(
             identity["coords"] = {k: np.asarray(v).tolist() for k, v in coords.items()}
         if config_json is not None:
             identity["config"] = json.loads(config_json)
-        _claim_everywhere(folder, identity)
-
-    lead = jax.process_index() == 0
-
-    tags = [[f"chunk-{c:06d}.nc" if not static else f"chunk-g{g:04d}-{c:06d}.nc" for c in range(n_chunks)]
-            for g in range(len(groups))]
-    done = np.array([[folder is not None and (folder / t).exists() for t in row] for row in tags], dtype=bool)
-    if multihost:  # every process must take part in the same chunks: process 0's store decides
-        done = np.asarray(multihost_utils.broadcast_one_to_all(done), dtype=bool)
-        # ... and every process must be able to read those chunks, or all stop here together.
-        visible = all((folder / tags[g][c]).exists() for g, c in zip(*np.nonzero(done)))
-        blind = np.flatnonzero(~np.asarray(multihost_utils.process_allgather(np.asarray(visible)), dtype=bool))
-        if blind.size:
-            raise ValueError(
-                f"The store {str(folder)!r} holds finished chunks that process(es) {blind.tolist()} cannot see: "
-                "with several processes the store must be on a filesystem they all see."
-            )
+        holder = _open_everywhere(folder, identity, lead, multihost)
+        try:
+            _find_done(holder, tags, where, out_struct, done, preloaded, lead, multihost)
+        except BaseException:
+            holder.close()
+            raise
 
     total_chunks = n_chunks * len(groups)
     stored = int(done.sum())
     group_outputs = []
     bar = _progress_bar(n * len(groups), name) if progress and lead else None
-    with _stop_after_chunk_on_interrupt() as interrupt, contextlib.closing(bar or _NoBar()):
+    with (_stop_after_chunk_on_interrupt() as interrupt, contextlib.closing(bar or _NoBar()),
+          holder if holder is not None else contextlib.nullcontext()):
         for g, gv in enumerate(group_values):
             compiled = _batched(fn, tuple(gv.items()), batched, gathered)
             chunks: list[dict[str, np.ndarray]] = []
             for c in range(n_chunks):
                 lo, hi = c * chunk_size, min((c + 1) * chunk_size, n)
-                file = None if folder is None else folder / tags[g][c]
                 if done[g, c]:
-                    chunks.append(_read_chunk(file, out_struct))
+                    chunks.append(preloaded.pop((g, c)) if lead else _read_chunk(holder, tags[g][c], where(g, c),
+                                                                                  out_struct))
                 else:
                     idx = np.arange(lo, lo + chunk_size).clip(max=n - 1)  # pad the last chunk with its last point
                     inputs = {k: _global_batch(v[idx], sharding) for k, v in points.items()}
@@ -240,8 +238,8 @@ def sweep(
                     out = {k: np.asarray(out[k])[: hi - lo] for k in out_struct}
                     failure: BaseException | None = None
                     try:  # the host's part: writing the chunk, the user's callback
-                        if lead:
-                            _write_chunk(file, out, out_dims)
+                        if lead and holder is not None:
+                            holder.save(tags[g][c], where(g, c), out, out_dims)
                         stored += folder is not None
                         chunks.append(out)
                         if callback is not None:
@@ -261,6 +259,8 @@ def sweep(
                 if bar is not None:
                     bar.update(hi - lo)
             group_outputs.append({k: np.concatenate([ch[k] for ch in chunks]) for k in out_struct})
+        if holder is not None and lead:
+            holder.say_replaced()
     if multihost and folder is not None:  # return once the store is complete, on every process
         multihost_utils.sync_global_devices(f"flowsolve.sweep {folder}")
 
@@ -317,30 +317,39 @@ def _global_batch(local: np.ndarray, sharding: jax.sharding.Sharding) -> Array:
     return jax.make_array_from_callback(local.shape, sharding, lambda index: local[index])
 
 
-def _read_chunk(file: pathlib.Path, out_struct) -> dict[str, np.ndarray]:
-    """A finished chunk from the store."""
-    import xarray as xr
+def _find_done(holder: Store, tags, where, out_struct, done: np.ndarray, preloaded: dict, lead: bool,
+               multihost: bool) -> None:
+    """Mark in `done` (in place) the chunks the store holds for this sweep, and keep their values in
+    `preloaded`: process 0 checks each file (this sweep's, at its place, intact values) and refuses a
+    store that cannot be written but lacks chunks; with several processes its verdict is every
+    process's, and each must see those files."""
+    if lead:
+        for g, c in itertools.product(range(done.shape[0]), range(done.shape[1])):
+            got = holder.load(tags[g][c], where(g, c), list(out_struct))
+            if got is not None:
+                preloaded[g, c] = got
+                done[g, c] = True
+        holder.require_writable(int((~done).sum()))
+    if multihost:
+        done[...] = np.asarray(multihost_utils.broadcast_one_to_all(done), dtype=bool)
+        visible = all((holder.folder / tags[g][c]).exists() for g, c in zip(*np.nonzero(done)))
+        blind = np.flatnonzero(~np.asarray(multihost_utils.process_allgather(np.asarray(visible)), dtype=bool))
+        if blind.size:
+            raise ValueError(
+                f"The store {str(holder.folder)!r} holds finished chunks that process(es) {blind.tolist()} cannot "
+                "see: with several processes the store must be on a filesystem they all see."
+            )
 
-    if not file.exists():  # listed by process 0, not visible here
+
+def _read_chunk(holder: Store, tag: str, where: dict[str, int], out_struct) -> dict[str, np.ndarray]:
+    """A finished chunk from the store, read by a process other than 0 (which checked it)."""
+    got = holder.load(tag, where, list(out_struct))
+    if got is None:
         raise ValueError(
-            f"The store's chunk {str(file)!r} exists for process 0 but not for process "
-            f"{jax.process_index()}: with several processes the store must be on a filesystem they all see."
+            f"The store's chunk {str(holder.folder / tag)!r} is finished for process 0 but missing or different "
+            f"for process {jax.process_index()}: with several processes the store must be on a filesystem they all see."
         )
-
-    with xr.open_dataset(file, engine="h5netcdf") as stored:
-        return {k: stored[k].values for k in out_struct}
-
-
-def _write_chunk(file: pathlib.Path | None, out: dict[str, np.ndarray], out_dims) -> None:
-    """Write a finished chunk to the store, atomically: an interrupted write leaves no half chunk."""
-    if file is None:
-        return
-    import xarray as xr
-
-    ds = xr.Dataset({k: (("point", *out_dims[k]), v) for k, v in out.items()})
-    tmp = file.with_suffix(f".tmp{os.getpid()}")
-    ds.to_netcdf(tmp, engine="h5netcdf")
-    os.replace(tmp, file)
+    return got
 
 
 def _output_struct(fn, points, static_values, batched, dynamic) -> dict[str, jax.ShapeDtypeStruct]:
@@ -367,12 +376,7 @@ def _output_struct(fn, points, static_values, batched, dynamic) -> dict[str, jax
 
 def _held_chunk_size(folder: pathlib.Path, multihost: bool) -> int | None:
     """The chunk size of the sweep a store holds (process 0 reads it), or None."""
-    held = 0
-    if jax.process_index() == 0:
-        try:
-            held = int(json.loads((folder / "sweep.json").read_text()).get("chunk_size", 0))
-        except (OSError, ValueError, TypeError, AttributeError):  # none yet, or not ours: `_claim` decides
-            held = 0
+    held = (held_chunk_size(folder) or 0) if jax.process_index() == 0 else 0
     if multihost:
         held = int(multihost_utils.broadcast_one_to_all(np.asarray(held)))
     return held if held >= 1 else None
@@ -467,14 +471,16 @@ def _stop_together(failure: BaseException | None, chunk: int) -> None:
         )
 
 
-def _claim_everywhere(folder: pathlib.Path, identity: dict[str, Any]) -> None:
-    """`_claim` on process 0 (the store's only writer); every process raises if it refused."""
-    if jax.process_count() == 1:
-        return _claim(folder, identity)
+def _open_everywhere(folder: pathlib.Path, identity: dict[str, Any], lead: bool, multihost: bool) -> Store:
+    """Open the store on process 0 (its only writer: the lock, the manifest's check); the others
+    read only. Every process raises if process 0 refused it."""
+    holder = Store(folder, identity, writable=lead)
+    if not multihost:
+        return holder.__enter__()
     error = None
-    if jax.process_index() == 0:
+    if lead:
         try:
-            _claim(folder, identity)
+            holder.__enter__()
         except (ValueError, OSError) as e:
             error = e
     refused = bool(multihost_utils.broadcast_one_to_all(np.asarray(error is not None)))
@@ -482,29 +488,7 @@ def _claim_everywhere(folder: pathlib.Path, identity: dict[str, Any]) -> None:
         raise error
     if refused:
         raise ValueError(f"Process 0 refused the store {str(folder)!r} (its error says why).")
-
-
-def _claim(folder: pathlib.Path, identity: dict[str, Any]) -> None:
-    """Create the store, or check that it holds this same sweep."""
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest = folder / "sweep.json"
-    text = json.dumps(identity, sort_keys=True)
-    if manifest.exists():
-        held = json.loads(manifest.read_text())
-        if json.dumps(held, sort_keys=True) != text:
-            diff = []
-            for k in sorted(set(identity) | set(held)):
-                mine, theirs = identity.get(k), held.get(k)
-                if isinstance(mine, dict) and isinstance(theirs, dict):  # say which entry (e.g. config.t1)
-                    diff += [f"{k}.{e}" for e in sorted(set(mine) | set(theirs)) if mine.get(e) != theirs.get(e)]
-                elif mine != theirs:
-                    diff.append(k)
-            raise ValueError(
-                f"The store {str(folder)!r} holds a different sweep (differs in: {', '.join(diff)}); "
-                "use another store, or delete it to start over."
-            )
-    else:
-        manifest.write_text(text)
+    return holder
 
 
 class _StopRequest:

@@ -164,7 +164,7 @@ def test_ctrl_c_stops_after_the_running_chunk_which_is_kept(tmp_path):
     assert "STOPPED: Sweep 'sweep' interrupted after chunk 2 of 4; 2 of 4 chunks are stored in" in out, out
     assert "stopping once the running chunk is done and stored" in proc.stderr
     assert "RESUMED [2, 3]" in out and "IDENTICAL True" in out
-    assert "AT ONCE: KeyboardInterrupt()" in out and "['chunk-000000.nc', 'sweep.json']" in out
+    assert "AT ONCE: KeyboardInterrupt()" in out and "['chunk-000000.nc', 'sweep.json', 'sweep.lock']" in out
 
 
 def recovered_rates(p):
