@@ -504,8 +504,17 @@ def sweep_command(
             settings.update(setting=setting, rtol=rtol)
         name = cfg.get("name", config.stem)
         # `settings` makes the store refuse a rerun whose file changed t1, rtol, the setting or `base`.
-        ds = sweep(fn, axes, static=static, dims={k: ["time"] for k in ("h", "y", "w", "loss")},
-                   coords={"time": ts}, chunk_size=chunk_size, store=folder / "store", name=name, config=settings)
+        import warnings
+
+        from ._store import StoreWarning
+
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always", StoreWarning)
+            ds = sweep(fn, axes, static=static, dims={k: ["time"] for k in ("h", "y", "w", "loss")},
+                       coords={"time": ts}, chunk_size=chunk_size, store=folder / "store", name=name,
+                       config=settings)
+        for w in said:  # a recomputed chunk, a rewritten manifest: one line each
+            typer.echo(f"warning: {w.message}", err=True)
         ds.to_netcdf(folder / "sweep.nc", engine="h5netcdf")
         ok = ds.ok.values & ds.finite.values
         lines = [f"sweep {name!r} ({kind}): {ok.size} points over " + ", ".join(f"{k} ({len(v)})" for k, v in

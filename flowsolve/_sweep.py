@@ -72,10 +72,15 @@ def sweep(
       per point from that count; the other groups are checked the same way). A budget that one
       point does not fit is an error. An explicit `chunk_size` is used as given; a store being resumed
       keeps the chunk size it was started with.
-    - `store`: a directory; each finished chunk is written there at once (netCDF), and a sweep run
-      again with the same store skips the chunks already there (an interrupted sweep resumes; the
-      result is identical). A store written by a different sweep (name, axes, outputs, chunk size,
-      `coords`, `config`) is refused.
+    - `store`: a directory; each finished chunk is written there at once (netCDF, atomically and
+      fsync'd), and a sweep run again with the same store skips the chunks already there (an
+      interrupted or killed sweep resumes; the result is identical). Each chunk file records the
+      sweep's identity, the points it holds and a checksum of its values: a file that does not match
+      (damaged, another sweep's, another chunk's) is recomputed, never returned, and a
+      `StoreWarning` says so once. A store whose manifest names a different sweep (name, axes,
+      outputs, chunk size, `coords`, `config`) is refused. One process at a time holds a store (a
+      lock); another is refused naming the holder. A store that cannot be written but lacks chunks
+      is refused before anything is computed. `docs/reliability.md` lists what survives what.
     - `name`: the sweep's name, part of the store's identity.
     - `config`: the fixed settings `fn` closes over (t1, rtol, the network's setting, …), as a
       JSON-serialisable mapping. The store cannot see inside `fn`: name here everything that changes

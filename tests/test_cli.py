@@ -266,3 +266,27 @@ def test_bad_fit_data_is_one_line(tmp_path, content, match):
         data.write_text(content)
     result = CliRunner().invoke(app, ["fit", str(data), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and match in result.output and "Traceback" not in result.output, result.output
+
+
+def test_sweep_store_faults_on_the_command_line(tmp_path):
+    """A store path that is a file is one error line; a damaged chunk is recomputed with one warning
+    line and the result is the same."""
+    from typer.testing import CliRunner
+
+    from flowsolve._cli import app
+
+    config = tmp_path / "sweep.toml"
+    config.write_text('kind = "theory"\nt1 = 5.0\nsamples = 5\n[axes]\neta_h = [0.5, 1.0]\n')
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "store").write_text("a file")
+    result = CliRunner().invoke(app, ["sweep", str(config), "--out", str(tmp_path / "f")])
+    assert result.exit_code == 2 and "is a file, not a folder" in result.output, result.output
+    first = CliRunner().invoke(app, ["sweep", str(config), "--out", str(tmp_path / "o")])
+    assert first.exit_code == 0, first.output
+    chunk = sorted((tmp_path / "o" / "store").glob("chunk-*.nc"))[0]
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    again = CliRunner().invoke(app, ["sweep", str(config), "--out", str(tmp_path / "o")])
+    assert again.exit_code == 0, again.output
+    assert "warning: The store" in again.output and f"{chunk.name}: unreadable" in again.output
+    final = lambda out: [line for line in out.splitlines() if line.startswith("final h")]  # noqa: E731
+    assert final(first.output) == final(again.output) and len(final(first.output)) == 1
