@@ -5,10 +5,12 @@ pairwise prediction and the similarity scores."""
 import csv
 import pathlib
 
+import jax
 import numpy as np
 
 import flowsolve as fs
 
+RESTART_ABOVE = 0.3  # worst error of h, y, w above which a pair's fit is restarted
 FITS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "results" / "paper" / "fits.csv"
 """The committed two-point fits (examples/paper.py): the source of the carried-over rates."""
 
@@ -99,10 +101,25 @@ def fit_pairs(ts, x, y, hidden, out, pairs: list[tuple[int, int]] | None = None,
     else:
         chosen = moving[np.linspace(0, len(moving) - 1, min(max_pairs, len(moving))).round().astype(int)]
     ts = np.broadcast_to(np.asarray(ts, np.float64), np.asarray(pw.h).shape)
-    fit = fs.fit_effective_rates(ts[chosen], np.asarray(pw.h)[chosen], np.asarray(pw.y)[chosen],
-                                 np.asarray(pw.w)[chosen], np.asarray(pw.dx2)[chosen], np.asarray(pw.dy2)[chosen])
-    good = np.asarray(fit.converged)
+    data = [ts[chosen], *(np.asarray(getattr(pw, k))[chosen] for k in ("h", "y", "w", "dx2", "dy2"))]
+    fit = fs.fit_effective_rates(*data)
     worst = np.max(np.stack([np.asarray(fit.errors[k]) for k in ("h", "y", "w")]), axis=0)
+    good = np.asarray(fit.converged)
+    if good.any() and not (good & (worst <= RESTART_ABOVE)).all():
+        # A failed or poor fit: restart it from rates around the good fits' median, as the two-point
+        # reproduction restarts from a grid (examples/paper.py); keep the converged fit of least residual.
+        scale_h = float(np.median(np.asarray(fit.eta_h)[good]))
+        scale_y = float(np.median(np.asarray(fit.eta_y)[good]))
+        members = [fit[k] for k in range(len(chosen))]
+        for k in np.flatnonzero(~good | (worst > RESTART_ABOVE)):
+            for fh, fy in ((1.0, 1.0), (0.1, 1.0), (1.0, 0.1), (10.0, 1.0), (1.0, 10.0)):
+                g = fs.fit_effective_rates(*(d[k] for d in data), init=(scale_h * fh, scale_y * fy))
+                usable = bool(g.converged) and float(g.eta_h) > 0 and float(g.eta_y) > 0
+                if usable and (not bool(members[k].converged) or float(g.residual) < float(members[k].residual)):
+                    members[k] = g
+        fit = jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *members)
+        worst = np.max(np.stack([np.asarray(fit.errors[k]) for k in ("h", "y", "w")]), axis=0)
+        good = np.asarray(fit.converged)
     eta_h = float(np.median(np.asarray(fit.eta_h)[good])) if good.any() else float("nan")
     eta_y = float(np.median(np.asarray(fit.eta_y)[good])) if good.any() else float("nan")
     return {"eta_h": eta_h, "eta_y": eta_y, "converged": int(good.sum()), "pairs": len(chosen),

@@ -113,7 +113,7 @@ def run(seed: int, data, width: int, epochs: int, train_size: int | None) -> tup
         pair_rows.append({
             "seed": seed, "pair": k, "class_a": CLASS_PAIRS[k][0], "class_b": CLASS_PAIRS[k][1],
             "image_a": int(tracked[i]), "image_b": int(tracked[j]), "dx2": float(pw.dx2[p]), "dy2": float(pw.dy2[p]),
-            "converged": bool(member.converged), "result": str(member.result).replace("RESULTS.", ""),
+            "converged": bool(member.converged), "result": fs.result_name(member.result),
             "eta_h": float(member.eta_h), "eta_y": float(member.eta_y), "err_h": float(member.errors["h"]),
             "err_y": float(member.errors["y"]), "err_w": float(member.errors["w"]), "worst": float(fitted["worst"][k]),
             "h0": h[0], "h_final": h[-1], "theory_h_final": float(curve.h[-1]) if curve is not None else float("nan"),

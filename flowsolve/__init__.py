@@ -36,7 +36,7 @@ from ._observables import (
     two_point_observables as two_point_observables,
     TwoPointObservables as TwoPointObservables,
 )
-from ._results import RESULTS as RESULTS
+from ._results import result_name as result_name, RESULTS as RESULTS
 from ._rkc import RKC as RKC
 from ._sweep import sweep as sweep
 from ._theory import (

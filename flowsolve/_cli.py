@@ -215,9 +215,9 @@ def _load_config(path: pathlib.Path | None) -> dict[str, Any]:
 
 
 def _result_message(result) -> str:
-    from ._results import RESULTS
+    from ._results import RESULTS, result_name
 
-    return "successful" if bool(result == RESULTS.successful) else RESULTS[result]
+    return "successful" if bool(result == RESULTS.successful) else f"{result_name(result)}: {RESULTS[result]}"
 
 
 def _on_command_line(ctx: typer.Context, name: str) -> bool:

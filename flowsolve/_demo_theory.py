@@ -11,6 +11,7 @@ import time
 
 import jax
 
+from ._results import result_name
 from ._theory import EffectiveTheory, solve_theory
 
 DEFAULT_SETTING = dict(eta_h=1.0, eta_y=1.0, dx2=1.0, dy2=0.5)
@@ -51,7 +52,7 @@ def main() -> None:
         if bool(sol.collided):
             print(f"collision of the two representations at t = {float(sol.t_collision):.6g}")
         steps = int(sol.stats["num_steps"])
-        print(f"solver: {steps} steps, {elapsed:.2f} s (incl. compilation), result: {sol.result}")
+        print(f"solver: {steps} steps, {elapsed:.2f} s (incl. compilation), result: {result_name(sol.result)}")
 
 
 if __name__ == "__main__":

@@ -35,3 +35,37 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "h, y or w is above `max_error`. The rates are the best the theory can do; do not read them as the "
         "data's."
     )
+
+
+_NAMES = (
+    # diffrax's (and lineax's / optimistix's, through it)
+    "successful", "max_steps_reached", "singular", "breakdown", "stagnation", "conlim", "nonfinite_input",
+    "nonlinear_max_steps_reached", "nonlinear_divergence", "nonfinite", "dt_min_reached", "event_occurred",
+    "max_steps_rejected", "internal_error",
+    # flowsolve's
+    "nonfinite_state", "invalid_input", "inadmissible_state", "fit_not_converged", "theory_solve_failed", "poor_fit",
+)
+
+
+def result_name(result) -> "str | np.ndarray":
+    """The name of a `RESULTS` member (`"successful"`, `"poor_fit"`, …), or an array of names for a
+    batch of them (e.g. a vmapped solve's or a batched fit's `result`). `RESULTS` items print their
+    message, which is empty for success; this is the readable label for tables and files.
+
+    !!! example
+
+        ```python
+        fit = flowsolve.fit_effective_rates(ts, h, y, w, dx2, dy2)
+        flowsolve.result_name(fit.result)    # 'successful', or e.g. array(['successful', 'poor_fit'])
+        ```
+    """
+    import numpy as np
+
+    item = type(RESULTS.successful)
+    if not isinstance(result, item):
+        raise ValueError(f"`result` must be a flowsolve.RESULTS item, got {type(result).__name__}.")
+    names = [n for n in _NAMES if isinstance(getattr(RESULTS, n, None), item)]
+    out = np.full(np.shape(result == RESULTS.successful), "unknown", dtype=object)
+    for n in names:
+        out = np.where(np.asarray(result == getattr(RESULTS, n)), n, out)
+    return str(out[()]) if out.ndim == 0 else out.astype(str)

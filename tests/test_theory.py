@@ -9,6 +9,7 @@ import optimistix as optx
 import pytest
 from hypothesis import assume, example, given, settings, strategies as st
 
+import flowsolve as fs
 from flowsolve import EffectiveTheory, RESULTS, solve_theory
 from flowsolve._norms import rms_norm_nan_is_inf
 
@@ -366,3 +367,12 @@ def test_controller_norm_counts_nan_as_infinite_error():
     assert float(rms_norm_nan_is_inf(finite)) == float(optx.rms_norm(finite))
     assert float(rms_norm_nan_is_inf((jnp.array([1.0, jnp.inf / jnp.inf]),))) == np.inf
     assert float(rms_norm_nan_is_inf((jnp.array([1.0, jnp.inf]),))) == np.inf
+
+
+def test_result_name_is_the_readable_label_of_a_status():
+    assert fs.result_name(RESULTS.successful) == "successful"
+    assert fs.result_name(RESULTS.inadmissible_state) == "inadmissible_state"
+    batch = jax.vmap(lambda ok: RESULTS.where(ok, RESULTS.successful, RESULTS.poor_fit))(jnp.array([True, False]))
+    assert fs.result_name(batch).tolist() == ["successful", "poor_fit"]
+    with pytest.raises(ValueError, match="RESULTS item"):
+        fs.result_name(0)
