@@ -533,8 +533,6 @@ def _stop_after_chunk_on_interrupt():
 
 
 def _progress_bar(total: int, name: str):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # progress is a convenience, not a requirement
-        return None
+    from tqdm.auto import tqdm
+
     return tqdm(total=total, desc=name, unit="pt", smoothing=0.1)
