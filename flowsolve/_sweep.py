@@ -328,13 +328,25 @@ def _find_done(holder: Store, tags, where, out_struct, done: np.ndarray, preload
     `preloaded`: process 0 checks each file (this sweep's, at its place, intact values) and refuses a
     store that cannot be written but lacks chunks; with several processes its verdict is every
     process's, and each must see those files."""
+    error = None
     if lead:
-        for g, c in itertools.product(range(done.shape[0]), range(done.shape[1])):
-            got = holder.load(tags[g][c], where(g, c), list(out_struct))
-            if got is not None:
-                preloaded[g, c] = got
-                done[g, c] = True
-        holder.require_writable(int((~done).sum()))
+        try:
+            for g, c in itertools.product(range(done.shape[0]), range(done.shape[1])):
+                got = holder.load(tags[g][c], where(g, c), list(out_struct))
+                if got is not None:
+                    preloaded[g, c] = got
+                    done[g, c] = True
+            holder.require_writable(int((~done).sum()))
+        except (ValueError, OSError) as e:
+            error = e
+    if multihost:  # every process stops if process 0 refused the store
+        refused = bool(multihost_utils.broadcast_one_to_all(np.asarray(error is not None)))
+        if error is not None:
+            raise error
+        if refused:
+            raise ValueError(f"Process 0 refused the store {str(holder.folder)!r} (its error says why).")
+    elif error is not None:
+        raise error
     if multihost:
         done[...] = np.asarray(multihost_utils.broadcast_one_to_all(done), dtype=bool)
         visible = all((holder.folder / tags[g][c]).exists() for g, c in zip(*np.nonzero(done)))
