@@ -124,6 +124,7 @@ def test_demo_and_reproduce_commands(tmp_path):
         (["theory", "--h0", "0"], "`h0` must be > 0"),
         (["theory", "--eta-h", "1e300"], "no finite time scale"),
         (["reproduce", "nosuch"], "unknown experiment"),
+        (["reproduce", "blobs"], "is now orthogonal"),
         (["sweep", "MISSING.toml"], "not found"),
         (["fit", "MISSING.csv"], "not found"),
     ],
