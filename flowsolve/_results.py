@@ -20,7 +20,7 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
     )
     inadmissible_state = (
         "The initial state is not admissible: it needs finite h0 > 0, y0 >= 0 and (y0 - w0)^2 <= dy2*y0 "
-        "(Cauchy-Schwarz); no network has it, so nothing was computed for it."
+        "(Cauchy-Schwarz), with finite squares; no network has it, so nothing was computed for it."
     )
     fit_not_converged = (
         "The fit's optimiser did not meet its tolerance within `max_steps` (or stopped on a non-finite "

@@ -357,6 +357,10 @@ def _check_state(theory: EffectiveTheory, state0) -> None:
         return
     if not np.all(np.isfinite(value)):
         raise ValueError(f"`state0` must be finite, got {value}.")
+    with np.errstate(over="ignore"):
+        if not np.all(np.isfinite(np.asarray(value, np.float64) ** 2 * 16)):
+            raise ValueError(f"`state0` = {value.tolist()} is too large: its squares overflow, and so would the "
+                             "solve; rescale the problem (distances in other units).")
     h0, y0, w0 = value
     if h0 <= 0:
         raise ValueError(
@@ -378,7 +382,7 @@ def _admissible(theory: EffectiveTheory, state0: Array) -> Bool[Array, ""]:
     """The traced counterpart of `_check_state`: finite, h0 > 0, y0 ≥ 0, (y0 − w0)² ≤ dy2·y0."""
     h0, y0, w0 = state0[0], state0[1], state0[2]
     slack = 1e-10 * jnp.maximum(jnp.maximum(theory.dy2 * y0, (y0 - w0) ** 2), 1e-300)
-    return (jnp.all(jnp.isfinite(state0)) & (h0 > 0) & (y0 >= 0)
+    return (jnp.all(jnp.isfinite(state0)) & jnp.all(jnp.isfinite(state0**2 * 16)) & (h0 > 0) & (y0 >= 0)
             & ((y0 - w0) ** 2 <= theory.dy2 * y0 + slack))
 
 
@@ -575,6 +579,7 @@ def _check_states(states0: np.ndarray, dy2: np.ndarray) -> None:
     h0, y0, w0 = states0.T
     checks = [
         (~np.isfinite(states0).all(axis=1), "must be finite"),
+        (~np.isfinite(np.nan_to_num(states0) ** 2 * 16).all(axis=1), "is too large: its squares overflow"),
         (h0 <= 0, "needs h0 > 0 (the (h, y, w) system is singular at h = 0)"),
         (y0 < 0, "needs y0 ≥ 0"),
         ((y0 - w0) ** 2 > dy2 * y0 * (1 + 1e-10) + 1e-300, "is not admissible: (y0 − w0)² ≤ dy2·y0 is required"),
