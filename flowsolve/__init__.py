@@ -39,6 +39,7 @@ from ._observables import (
 from ._results import result_name as result_name, RESULTS as RESULTS
 from ._rkc import RKC as RKC
 from ._sweep import sweep as sweep
+from ._tangent import tangent_model as tangent_model, TangentModel as TangentModel
 from ._theory import (
     EffectiveTheory as EffectiveTheory,
     from_regular as from_regular,

@@ -38,6 +38,10 @@ class EffectiveRates(eqx.Module):
     - `kappa_e`, `kappa_d`, `kappa_mean`: the kernel contrasts they come from
       (`η_h = κ_e/(2·dx2)`, `η_y = κ_d/(2·h)`, `η̄ = κ̄/4`).
     - `h`, `dx2`: the squared hidden and input distances used.
+    - `cos_theta`: the alignment |cos θ| between the hidden difference `dh` and the direction
+      `D_yᵀr` in which the decoder's gradient acts on it (r = dŷ − dy*, the output residual; dy*
+      where r vanishes). The reduced theory assumes 1 (THEORY.md §2); its encoder term of dy/dt is
+      off by the factor 1/cos²θ otherwise (docs/rates.md).
     """
 
     eta_h: Float[Array, ""]
@@ -48,6 +52,7 @@ class EffectiveRates(eqx.Module):
     kappa_mean: Float[Array, ""]
     h: Float[Array, ""]
     dx2: Float[Array, ""]
+    cos_theta: Float[Array, ""]
 
 
 def _sq_norm(tree) -> Array:
@@ -91,6 +96,13 @@ def _rates(encoder, decoder, inputs, targets) -> EffectiveRates:
 
     g = flat(jax.grad(loss_of_hidden)(hidden))
     v = _unit(g[1] - g[0], dh)
+    # The direction the decoder's gradient acts along, D_yᵀ·r̂ (the output residual's direction, dy*
+    # where it vanishes), against dh: one VJP of the decoder at the midpoint of the two hidden states.
+    _, dec_vjp = jax.vjp(lambda hh: dec(dec_p, hh), 0.5 * (hidden[0] + hidden[1]))
+    (pull,) = dec_vjp(_unit(r, dy_target).reshape(outputs.shape[1:]))
+    pull = pull.reshape(-1)
+    norms = jnp.sqrt(jnp.sum(pull**2) * h)
+    cos_theta = jnp.abs(jnp.sum(pull * dh)) / jnp.where(norms > 0, norms, 1.0)
     r_unit = _unit(r, dy_target)
     e_unit = _unit(e, jnp.ones_like(e))
 
@@ -104,7 +116,7 @@ def _rates(encoder, decoder, inputs, targets) -> EffectiveRates:
     kappa_mean = _contrast(output_sum, (enc_p, dec_p), e_unit)
     return EffectiveRates(
         eta_h=kappa_e / (2 * dx2), eta_y=kappa_d / (2 * h), eta_mean=kappa_mean / 4,
-        kappa_e=kappa_e, kappa_d=kappa_d, kappa_mean=kappa_mean, h=h, dx2=dx2,
+        kappa_e=kappa_e, kappa_d=kappa_d, kappa_mean=kappa_mean, h=h, dx2=dx2, cos_theta=cos_theta,
     )
 
 
@@ -180,9 +192,10 @@ def predict_effective_rates(
 
 class RatesObserver(eqx.Module):
     """Observes the instantaneous rates along a flow: `eta_h`, `eta_y`, `eta_mean` (`κ_e(t)/(2·dx2)`,
-    `κ_d(t)/(2·h(t))`, `κ̄(t)/4`) and the two-point `h, y, w, m` and `loss` of `layer`.
+    `κ_d(t)/(2·h(t))`, `κ̄(t)/4`), the alignment `cos_theta` (|cos θ| between `dh` and the decoder's
+    gradient direction, `EffectiveRates.cos_theta`) and the two-point `h, y, w, m` and `loss` of `layer`.
 
-    Pass as `observe=` to `gradient_flow` or `gradient_descent`; costs three VJPs per observation.
+    Pass as `observe=` to `gradient_flow` or `gradient_descent`; costs four VJPs per observation.
     """
 
     layer: int = eqx.field(static=True)
@@ -194,7 +207,7 @@ class RatesObserver(eqx.Module):
         h, y, w, m = two_point_observables(inputs, targets, hiddens[self.layer], outputs)
         loss = 0.5 * jnp.mean(jnp.sum((outputs - targets).reshape(2, -1) ** 2, axis=1))
         return {"eta_h": rates.eta_h, "eta_y": rates.eta_y, "eta_mean": rates.eta_mean,
-                "h": h, "y": y, "w": w, "m": m, "loss": loss}
+                "cos_theta": rates.cos_theta, "h": h, "y": y, "w": w, "m": m, "loss": loss}
 
 
 def rates_observer(model: Any, layer: int) -> RatesObserver:

@@ -158,3 +158,68 @@ def test_prediction_against_the_fit_on_a_wide_network():
     assert 0.4 < float(pred.eta_h / fit.eta_h) < 0.8
     assert 0.2 < float(pred.eta_y / fit.eta_y) < 0.5
     assert 0.85 < float(pred.eta_mean / fit.eta_mean) < 1.05
+
+
+def test_alignment_closed_forms():
+    # Two-layer linear network, 1-d output: the decoder's gradient is Bᵀ whatever the point, dh = A·dx,
+    # so |cos θ| = |B·A·dx| / (‖B‖·‖A·dx‖).
+    inputs, targets = fs.experiments.two_point_data(in_size=3, out_size=1)
+    net = models.DeepLinear(3, 1, width=40, depth=1, gain=0.7, key=jax.random.key(2))
+    rates = fs.predict_effective_rates(net, inputs, targets, 0)
+    A, B = net.layers[0].weight, net.readout.weight[0]
+    dh = A @ (inputs[1] - inputs[0])
+    expected = abs(float(B @ dh)) / float(jnp.linalg.norm(B) * jnp.linalg.norm(dh))
+    np.testing.assert_allclose(float(rates.cos_theta), expected, rtol=1e-12)
+    assert 0.0 < expected < 0.5  # a wide random network starts far from aligned
+    # The linearised model of THEORY.md §2 with a 1-d hidden space is aligned by construction.
+    model, inputs = _linearised(1, 1)
+    aligned = fs.predict_effective_rates(model, inputs, jnp.array([[0.6], [0.6 + 0.5**0.5]]), 0)
+    np.testing.assert_allclose(float(aligned.cos_theta), 1.0, rtol=1e-12)
+    # Along a flow, the observer records it; at t = 0 it is the prediction.
+    exp = fs.experiments.two_points("tanh", key=jax.random.key(0), width=16, depth=4)
+    obs = fs.rates_observer(exp.model, exp.layer)(exp.model, exp.inputs, exp.targets)
+    pred = fs.predict_effective_rates(exp.model, exp.inputs, exp.targets, exp.layer)
+    np.testing.assert_allclose(float(obs["cos_theta"]), float(pred.cos_theta), rtol=1e-12)
+
+
+class _LinearInParameters(eqx.Module):
+    W: jax.Array
+    V: jax.Array
+
+    def __call__(self, x):
+        h = self.W @ jnp.tanh(x)
+        return self.V @ jnp.cos(x) + jnp.sum(h) * jnp.ones(1), (h,)
+
+
+def test_the_lazy_baseline_against_closed_forms():
+    inputs, targets = fs.experiments.two_point_data(in_size=2, out_size=1, x0=-0.5)
+    ts = jnp.linspace(0.0, 3.0, 7)
+    # A network linear in its parameters is its own tangent model: the two flows agree.
+    k1, k2 = jax.random.split(jax.random.key(0))
+    lin = _LinearInParameters(0.5 * jax.random.normal(k1, (3, 2)), 0.5 * jax.random.normal(k2, (1, 2)))
+    exact = fs.gradient_flow(lin, inputs, targets, 3.0, ts=ts, layer=0, rtol=1e-10, atol=1e-12)
+    lazy = fs.gradient_flow(fs.tangent_model(lin), inputs, targets, 3.0, ts=ts, layer=0, rtol=1e-10, atol=1e-12)
+    for k in ("h", "y", "w", "loss"):
+        np.testing.assert_allclose(np.asarray(lazy.observed[k]), np.asarray(exact.observed[k]), rtol=1e-9, atol=1e-12)
+    # A tanh network's tangent flow is kernel regression with the kernel at θ₀:
+    # F(t) = Y + expm(−K·t/n)·(F₀ − Y), K = J·Jᵀ (L = ½·mean over the n points).
+    net = models.MLP(2, 1, 16, 2, activation="tanh", gain=1.2, key=jax.random.key(3))
+    observe = {"out": lambda m, x, y: jax.vmap(m)(x)[0][:, 0]}
+    lazy = fs.gradient_flow(fs.tangent_model(net), inputs, targets, 3.0, ts=ts, observe=observe, rtol=1e-11,
+                            atol=1e-13)
+    params, static = eqx.partition(net, eqx.is_inexact_array)
+    from jax.flatten_util import ravel_pytree
+
+    flat, unravel = ravel_pytree(params)
+    outputs = lambda f: jax.vmap(lambda x: eqx.combine(unravel(f), static)(x)[0][0])(inputs)  # noqa: E731
+    J = jax.jacobian(outputs)(flat)
+    K, F0, Y = J @ J.T, outputs(flat), targets[:, 0]
+    import scipy.linalg
+
+    for t, got in zip(np.asarray(ts), np.asarray(lazy.observed["out"])):
+        want = Y + scipy.linalg.expm(-np.asarray(K) * t / 2) @ np.asarray(F0 - Y)
+        np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10)
+    # The expansion point θ₀ stays where it was: only δ trains.
+    assert float(jnp.max(jnp.abs(lazy.model.base.readout.weight - net.readout.weight))) == 0.0
+    with pytest.raises(ValueError, match="Equinox module"):
+        fs.tangent_model(lambda x: x)
