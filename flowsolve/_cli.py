@@ -637,6 +637,7 @@ EXAMPLES = {
     "mnist": ("mnist.py", True, ["--fast"]),
     "orthogonal": ("orthogonal.py", True, ["--fast"]),
     "two_digits": ("two_digits.py", True, ["--fast"]),
+    "alignment": ("alignment.py", True, ["--fast", "--rows", "default,tanh"]),
 }
 
 RENAMED = {"digits": "two_digits (the two-image run; `mnist` is the paper's experiment)",

@@ -141,6 +141,16 @@ def test_orthogonal_example_fast(tmp_path):
 
 
 @pytest.mark.slow
+def test_alignment_example_fast(tmp_path):
+    out = _run_example("alignment.py", "--fast", "--rows", "default,tanh", "--out", tmp_path / "al")
+    assert "default: |cos θ|" in out and "tanh: |cos θ|" in out
+    rows = (tmp_path / "al" / "alignment.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("row,activation,gain")
+    for name in ("alignment.png", "lazy.png"):
+        assert (tmp_path / "al" / name).stat().st_size > 10_000
+
+
+@pytest.mark.slow
 def test_two_digits_example_from_sklearn_and_from_idx_files(tmp_path):
     import numpy as np
 
