@@ -36,6 +36,15 @@ class Store:
         self.rows += [{k: str(v) for k, v in r.items()} for r in rows]
 
 
+def chosen(parser, text: str, known) -> list[str]:
+    """The comma-separated names of `text`, each one of `known` (else the parser's error)."""
+    names = [n for n in text.split(",") if n]
+    for n in names:
+        if n not in known:
+            parser.error(f"unknown setting {n!r}; choose from {', '.join(known)}")
+    return names
+
+
 def _cell(v):
     if isinstance(v, (float, np.floating)):
         return f"{float(v):.6g}"

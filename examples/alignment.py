@@ -35,7 +35,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import flowsolve as fs  # noqa: E402
-from _many_points import Store  # noqa: E402
+from _many_points import chosen, Store  # noqa: E402
 from paper import fit, SAMPLES  # noqa: E402
 
 ROWS = [r for r in fs.experiments.PAPER_ROWS if fs.experiments.SETTINGS[r].model == "MLP"
@@ -158,10 +158,7 @@ def main():
     parser.add_argument("--fast", action="store_true", help="width 16, depth 4, 120 epochs")
     parser.add_argument("--out", default="alignment")
     args = parser.parse_args()
-    rows = [r for r in args.rows.split(",") if r]
-    for r in rows:
-        if r not in ROWS:
-            parser.error(f"unknown row {r!r}; choose from {', '.join(ROWS)}")
+    rows = chosen(parser, args.rows, ROWS)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:

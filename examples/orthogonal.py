@@ -47,7 +47,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import flowsolve as fs  # noqa: E402
 import models  # noqa: E402
-from _many_points import Store, carried_rates, distances, fit_pairs, predicted_distances, relative_error, similarity  # noqa: E402
+from _many_points import Store, carried_rates, chosen, distances, fit_pairs, predicted_distances, relative_error, similarity  # noqa: E402
 
 SAMPLES = 101  # observations per run
 TRACKED = 40  # points whose trajectories are observed (for the in-sample fit)
@@ -188,10 +188,7 @@ def main():
     parser.add_argument("--fast", action="store_true", help="6 × 6 positions, width 16, 40 epochs, 1 seed")
     parser.add_argument("--out", default="orthogonal")
     args = parser.parse_args()
-    names = [n for n in args.settings.split(",") if n]
-    for n in names:
-        if n not in fs.experiments.ORTHOGONAL_SETTINGS:
-            parser.error(f"unknown setting {n!r}; choose from {', '.join(fs.experiments.ORTHOGONAL_SETTINGS)}")
+    names = chosen(parser, args.settings, fs.experiments.ORTHOGONAL_SETTINGS)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:

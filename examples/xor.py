@@ -42,7 +42,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import flowsolve as fs  # noqa: E402
 import models  # noqa: E402
-from _many_points import FITS, Store, carried_rates, distances, fit_pairs, predicted_distances, relative_error, similarity  # noqa: E402
+from _many_points import FITS, Store, carried_rates, chosen, distances, fit_pairs, predicted_distances, relative_error, similarity  # noqa: E402
 
 LABELS = ["(0,0)", "(0,1)", "(1,0)", "(1,1)"]
 SAMPLES = 201  # observations per run
@@ -178,10 +178,7 @@ def main():
     parser.add_argument("--fast", action="store_true", help="width 16, depth 4, 200 epochs, 1 seed")
     parser.add_argument("--out", default="xor")
     args = parser.parse_args()
-    names = [n for n in args.settings.split(",") if n]
-    for n in names:
-        if n not in fs.experiments.XOR_SETTINGS:
-            parser.error(f"unknown setting {n!r}; choose from {', '.join(fs.experiments.XOR_SETTINGS)}")
+    names = chosen(parser, args.settings, fs.experiments.XOR_SETTINGS)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:

@@ -250,11 +250,7 @@ def _fsync(file: pathlib.Path) -> None:
 
 def _fsync_folder(folder: pathlib.Path) -> None:
     with contextlib.suppress(OSError):  # not every filesystem lets a folder be fsync'd
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(folder)
 
 
 def _read_text(file: pathlib.Path) -> str:
