@@ -112,6 +112,7 @@ def report(out: pathlib.Path) -> str:
     (out / "alignment.md").write_text(text)
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
+    a.set_prop_cycle(color=plt.cm.tab20(np.linspace(0, 1, len(rows))))
     for r in rows:
         tr = [t for t in traj if t["row"] == r["row"]]
         t = f(tr, "t")
