@@ -140,6 +140,9 @@ class EffectiveTheory(eqx.Module):
     ) -> Array:
         """The training loss `L = ½·m(t) + ¼·(w + ½·(dy2 − y))` (`THEORY.md` §1–2).
 
+        The second term is ⅛·‖dŷ − dy*‖², never negative for an admissible state; it is clamped at 0
+        against rounding (it came out as −6e-18 at the fixed point), so that a log-scale plot holds.
+
         **Arguments:**
 
         - `state`: `[h, y, w]`, or an array of them with the state on the last axis.
@@ -150,7 +153,7 @@ class EffectiveTheory(eqx.Module):
         state = jnp.asarray(state)
         y, w = state[..., 1], state[..., 2]
         m = m0 * jnp.exp(-2 * eta_mean * jnp.asarray(t))
-        return 0.5 * m + 0.25 * (w + 0.5 * (self.dy2 - y))
+        return 0.5 * m + jnp.maximum(0.25 * (w + 0.5 * (self.dy2 - y)), 0.0)
 
 
 def _positive_root(a_high, a_low):

@@ -377,3 +377,10 @@ def test_result_name_is_the_readable_label_of_a_status():
     assert fs.result_name(batch).tolist() == ["successful", "poor_fit"]
     with pytest.raises(ValueError, match="RESULTS item"):
         fs.result_name(0)
+
+
+def test_loss_is_never_negative_by_rounding():
+    theory = EffectiveTheory(1.0, 1.0, 1.0, 0.5)
+    # At the fixed point (y = dy2, w = 0) rounding can make w + ½(dy2 − y) a tiny negative number.
+    assert float(theory.loss(jnp.array([0.3, 0.5 * (1 + 1e-15), 1e-17]))) == 0.0
+    assert float(theory.loss(jnp.array([0.3, 0.2, 0.1]), m0=0.2)) == pytest.approx(0.1 + 0.25 * (0.1 + 0.15))
