@@ -8,6 +8,7 @@ with one line `error: …` on stderr and exit code 2.
 import contextlib
 import csv
 import io
+import os
 import pathlib
 import subprocess
 import sys
@@ -65,12 +66,16 @@ def _errors():
     except RuntimeError as e:  # a solver failure, reported by the library with the time reached
         typer.echo(f"error: {' '.join(str(e).split())}", err=True)
         raise typer.Exit(code=1)
+    except OSError as e:  # an output that cannot be written after all (a full disk, …)
+        _fail(" ".join(str(e).split()))
     except KeyboardInterrupt as e:  # Ctrl-C; a sweep says what it kept and how to resume
         typer.echo(f"interrupted{': ' + str(e) if str(e) else ''}", err=True)
         raise typer.Exit(code=130)
 
 
-def _folder(out: pathlib.Path) -> pathlib.Path:
+def _folder(out: pathlib.Path, files: tuple[str, ...] = ()) -> pathlib.Path:
+    """The output folder, created and checked writable; and each of `files` in it, if it exists
+    already, a writable file (checked before anything is computed)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".flowsolve-write-test"
@@ -78,6 +83,11 @@ def _folder(out: pathlib.Path) -> pathlib.Path:
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write to the output folder {str(out)!r}: {e.strerror or e}") from None
+    for name in files:
+        path = out / name
+        if path.exists() and (not path.is_file() or not os.access(path, os.W_OK)):
+            raise UserError(f"cannot write the output file {str(path)!r}: it is "
+                            + ("not a file" if not path.is_file() else "not writable") + "; remove it or give another --out.")
     return out
 
 
@@ -483,7 +493,7 @@ def sweep_command(
             points *= len(values)
         if points > MAX_AXIS:
             raise UserError(f"the axes give {points:,} points; at most {MAX_AXIS:,} in one sweep file.")
-        folder = _folder(out)
+        folder = _folder(out, ("sweep.nc", "sweep.png", "summary.txt"))
         _x64()
         _setup_matplotlib()
         import numpy as np

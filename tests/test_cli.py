@@ -282,6 +282,10 @@ def test_sweep_store_faults_on_the_command_line(tmp_path):
     (tmp_path / "f" / "store").write_text("a file")
     result = CliRunner().invoke(app, ["sweep", str(config), "--out", str(tmp_path / "f")])
     assert result.exit_code == 2 and "is a file, not a folder" in result.output, result.output
+    (tmp_path / "d" / "sweep.nc").mkdir(parents=True)  # the result file cannot be written: said before computing
+    result = CliRunner().invoke(app, ["sweep", str(config), "--out", str(tmp_path / "d")])
+    assert result.exit_code == 2 and "cannot write the output file" in result.output, result.output
+    assert not (tmp_path / "d" / "store").exists()
     first = CliRunner().invoke(app, ["sweep", str(config), "--out", str(tmp_path / "o")])
     assert first.exit_code == 0, first.output
     chunk = sorted((tmp_path / "o" / "store").glob("chunk-*.nc"))[0]
