@@ -486,7 +486,7 @@ def _descent(model, inputs, targets, lr, steps, every, optimizer, observer, loss
     else:
         size = min(batches.size, n)
         full, rest = divmod(n, size)
-        per_step = full + (rest > 0)
+        per_step = batches.updates_per_epoch(n)
 
         def step(carry, _):  # one epoch
             p, s, k, order = carry
