@@ -86,6 +86,7 @@ class Store:
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):
                 os.close(self._lock_fd)
             self._lock_fd = None
 
@@ -136,7 +137,8 @@ class Store:
                 if not isinstance(held, dict):
                     raise ValueError("not a JSON object")
             except (OSError, ValueError, UnicodeDecodeError) as e:
-                warnings.warn(f"The store's manifest {str(manifest)!r} is damaged ({e}); it is written anew. "
+                anew = "it is written anew" if write else "the store cannot be written, so it stays"
+                warnings.warn(f"The store's manifest {str(manifest)!r} is damaged ({e}); {anew}. "
                               "Its chunks are checked one by one against this sweep.", StoreWarning, stacklevel=4)
                 held = None
         if held is not None and json.dumps(held, sort_keys=True) != text:
