@@ -10,7 +10,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._custom_types import RealScalarLike
-from ._flow import _gradient_evaluations, _prepare, FlowSolution, Loss, Observer, pid_controller
+from ._flow import _prepare, FlowSolution, integrate_parameters, Loss, Observer, pid_controller
 from ._results import RESULTS
 from ._rkc import RKC
 from ._validation import concrete_array, is_concrete
@@ -167,42 +167,21 @@ def _ensemble(models, inputs, targets, t1, ts, observer, loss, solver, controlle
         observe_one = lambda q, x, y: observer(eqx.combine(q, static), x, y)  # noqa: E731
         return jax.vmap(observe_one, in_axes=(0, data_axis, data_axis))(p, inputs, targets)
 
-    saveat = diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts, fn=save), diffrax.SubSaveAt(t1=True)],
-                            solver_state=isinstance(solver, RKC))
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(vector_field),
-        solver,
-        jnp.zeros_like(t1),
-        t1,
-        None,
-        params,
-        saveat=saveat,
-        stepsize_controller=controller,
-        max_steps=max_steps,
-        throw=False,
-    )
-    observed, final = sol.ys
-    ts_saved, ts_final = sol.ts
+    run = integrate_parameters(vector_field, save, params, t1, ts, solver, controller, max_steps)
     # observed leaves: (times, members, ...) → (members, times, ...)
-    observed = jax.tree_util.tree_map(lambda v: jnp.moveaxis(v, 0, 1), observed)
-    final_params = jax.tree_util.tree_map(lambda x: x[0], final)
-    shared = RESULTS.promote(sol.result)
-    reached = jnp.isfinite(ts_saved)
-    finite = _member_finite(final_params) & jnp.stack([
-        jnp.all(jnp.where(_time_mask(reached, v), jnp.isfinite(v), True).reshape(v.shape[0], -1), axis=1)
+    observed = jax.tree_util.tree_map(lambda v: jnp.moveaxis(v, 0, 1), run.observed)
+    finite = _member_finite(run.final) & jnp.stack([
+        jnp.all(jnp.where(_time_mask(run.reached, v), jnp.isfinite(v), True).reshape(v.shape[0], -1), axis=1)
         for v in jax.tree_util.tree_leaves(observed)
     ]).all(axis=0)
     result = jax.vmap(  # RESULTS.where takes a scalar predicate
         lambda f: RESULTS.where(
-            shared == RESULTS.successful, RESULTS.where(f, RESULTS.successful, RESULTS.nonfinite_state), shared
-        )
+            run.result == RESULTS.successful, RESULTS.where(f, RESULTS.successful, RESULTS.nonfinite_state),
+            run.result)
     )(finite)
-    stats = {k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
-    stats["gradient_evaluations"] = _gradient_evaluations(solver, sol.stats["num_steps"],
-                                                          sol.stats["num_rejected_steps"], sol.solver_state)
-    last_reached = jnp.max(jnp.where(reached, ts, -jnp.inf))
-    t_final = jnp.where(jnp.isfinite(ts_final[0]), ts_final[0], last_reached)
-    stats["t_final"] = jnp.broadcast_to(t_final, finite.shape)
+    stats = dict(run.stats)
+    stats["t_final"] = jnp.broadcast_to(stats["t_final"], finite.shape)
+    final_params = run.final
     return FlowSolution(ts=ts, observed=observed, model=eqx.combine(final_params, static), result=result,
                         stats=stats)
 

@@ -323,38 +323,46 @@ def _flow(model, inputs, targets, t1, ts, observer, loss, solver, controller, ma
         kwargs["event"] = diffrax.Event(
             lambda t, p, args, **kw: loss(eqx.combine(p, static), inputs, targets) < loss_threshold
         )
+    run = integrate_parameters(vector_field, save, params, t1, ts, solver, controller, max_steps, **kwargs)
+    result = RESULTS.where(run.result == RESULTS.event_occurred, RESULTS.successful, run.result)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.where(_expand(run.reached, v), jnp.isfinite(v), True))
+                                for v in jax.tree_util.tree_leaves(run.observed)]))
+    result = RESULTS.where((result == RESULTS.successful) & ~finite, RESULTS.nonfinite_state, result)
+    return FlowSolution(ts=ts, observed=run.observed, model=eqx.combine(run.final, static), result=result,
+                        stats=run.stats)
+
+
+class Integrated(eqx.Module):
+    """What `integrate_parameters` returns: the observations at `ts` (inf after an early stop), the
+    final parameters, which observation times were reached, diffrax's result and the statistics."""
+
+    observed: Any
+    final: Any
+    reached: Array
+    result: RESULTS
+    stats: dict[str, Array]
+
+
+def integrate_parameters(vector_field, save, params, t1, ts, solver, controller, max_steps, **kwargs) -> Integrated:
+    """The one integrate-the-parameters core of `gradient_flow` and `ensemble_flow`: `dθ/dt =
+    vector_field(t, θ)` from 0 to `t1`, saving only `save(t, θ)` at `ts` and θ at the end (never the
+    parameter trajectory), with the solver statistics (gradient evaluations and the time reached)."""
     saveat = diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts, fn=save), diffrax.SubSaveAt(t1=True)],
                             solver_state=isinstance(solver, RKC))
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(vector_field),
-        solver,
-        jnp.zeros_like(t1),
-        t1,
-        None,
-        params,
-        saveat=saveat,
-        stepsize_controller=controller,
-        max_steps=max_steps,
-        throw=False,
-        **kwargs,
-    )
+    sol = diffrax.diffeqsolve(diffrax.ODETerm(vector_field), solver, jnp.zeros_like(t1), t1, None, params,
+                              saveat=saveat, stepsize_controller=controller, max_steps=max_steps, throw=False,
+                              **kwargs)
     observed, final = sol.ys
     ts_saved, ts_final = sol.ts
-    result = RESULTS.promote(sol.result)
-    result = RESULTS.where(result == RESULTS.event_occurred, RESULTS.successful, result)
     reached = jnp.isfinite(ts_saved)
-    finite = jnp.all(jnp.stack([jnp.all(jnp.where(_expand(reached, v), jnp.isfinite(v), True))
-                                for v in jax.tree_util.tree_leaves(observed)]))
-    result = RESULTS.where((result == RESULTS.successful) & ~finite, RESULTS.nonfinite_state, result)
-    final_params = jax.tree_util.tree_map(lambda x: x[0], final)
     stats = {k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
     stats["gradient_evaluations"] = _gradient_evaluations(solver, sol.stats["num_steps"],
                                                           sol.stats["num_rejected_steps"], sol.solver_state)
     # The time reached: t1 on success, else the last observation time reached.
     last_reached = jnp.max(jnp.where(reached, ts, -jnp.inf))
     stats["t_final"] = jnp.where(jnp.isfinite(ts_final[0]), ts_final[0], last_reached)
-    return FlowSolution(ts=ts, observed=observed, model=eqx.combine(final_params, static), result=result,
-                        stats=stats)
+    return Integrated(observed=observed, final=jax.tree_util.tree_map(lambda x: x[0], final), reached=reached,
+                      result=RESULTS.promote(sol.result), stats=stats)
 
 
 def _expand(mask, value):
