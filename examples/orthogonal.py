@@ -21,7 +21,7 @@ entries): theory vs network, and the network's against the targets', the inputs'
 initialisation. MDS (`sklearn.manifold.MDS`, 3 components, metric, precomputed distances) embeds
 every fourth point (450), for time.
 
-    python examples/orthogonal.py --out docs/results/orthogonal      # 3 rows, resumable
+    python examples/orthogonal.py --out docs/results/orthogonal      # 3 rows × 3 seeds, resumable
     python examples/orthogonal.py --out docs/results/orthogonal --report-only
     python examples/orthogonal.py --fast                             # 6 × 6 positions, width 16, 40 epochs
 
@@ -180,7 +180,7 @@ def report(out: pathlib.Path, names: list[str]) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", default=",".join(fs.experiments.ORTHOGONAL_SETTINGS))
-    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--positions", type=int, default=30, help="blob positions per axis (authors: 30)")
     parser.add_argument("--width", type=int, default=None, help="override the rows' width (100)")
     parser.add_argument("--epochs", type=int, default=None, help="override the rows' epochs")
