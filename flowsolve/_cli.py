@@ -61,6 +61,8 @@ def _errors():
     """Turn the library's boundary errors into one line and exit code 2."""
     try:
         yield
+    except typer.Exit:  # an exit already said (click's Exit is a RuntimeError: not a solver failure)
+        raise
     except (UserError, ValueError, FileNotFoundError, tomllib.TOMLDecodeError) as e:
         _fail(" ".join(str(e).split()))
     except RuntimeError as e:  # a solver failure, reported by the library with the time reached
@@ -689,7 +691,7 @@ def reproduce(
             code = subprocess.call(args, cwd=examples.parent)
             if code != 0:
                 typer.echo(f"error: {script} exited with code {code}", err=True)
-                raise typer.Exit(code=1)
+                raise typer.Exit(code=2 if code == 2 else 1)  # 2: the script refused its arguments
         typer.echo(f"results in {folder}")
 
 

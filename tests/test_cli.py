@@ -295,3 +295,12 @@ def test_sweep_store_faults_on_the_command_line(tmp_path):
     assert "warning: The store" in again.output and f"{chunk.name}: unreadable" in again.output
     final = lambda out: [line for line in out.splitlines() if line.startswith("final h")]  # noqa: E731
     assert final(first.output) == final(again.output) and len(final(first.output)) == 1
+
+
+def test_reproduce_passes_a_scripts_refusal_on_as_bad_input(tmp_path):
+    proc = cli("reproduce", "rich_lazy", "--bogus-flag", "--out", tmp_path / "o")
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert "unrecognized arguments: --bogus-flag" in proc.stderr
+    assert lines[-1] == "error: rich_lazy.py exited with code 2"
+    assert not any(line.strip() == "error:" for line in lines)  # no empty error line after it
