@@ -3,6 +3,7 @@ store, the rates carried over from the two-point fits, the in-sample pairwise fi
 pairwise prediction and the similarity scores."""
 
 import csv
+import os
 import pathlib
 
 import jax
@@ -16,11 +17,37 @@ FITS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "results" / "paper
 
 
 class Store:
-    """Rows of a CSV file, appended one run at a time and read back on the next start (resume)."""
+    """Rows of a CSV file, appended one run at a time and read back on the next start (resume).
+
+    `key` names the columns that identify a run. A line cut short by a kill is dropped on reading;
+    `prune(marker)` drops the rows of runs that a run's last-written file (`marker`) does not hold, so
+    that a run killed between its files is redone whole, never stored twice.
+    """
 
     def __init__(self, path: pathlib.Path, key: tuple[str, ...]):
         self.path, self.key = pathlib.Path(path), key
-        self.rows = list(csv.DictReader(self.path.open())) if self.path.is_file() else []
+        self.rows, self.fields = [], None
+        if self.path.is_file():
+            with self.path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                rows = list(reader)
+                self.fields = reader.fieldnames
+            self.rows = [r for r in rows if None not in r and None not in r.values()]
+            if len(self.rows) != len(rows):
+                self._rewrite()
+
+    def prune(self, marker: "Store") -> None:
+        done = {tuple(r[k] for k in marker.key) for r in marker.rows}
+        kept = [r for r in self.rows if tuple(r[k] for k in marker.key) in done]
+        if len(kept) != len(self.rows):
+            self.rows = kept
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        with self.path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.fields)
+            writer.writeheader()
+            writer.writerows(self.rows)
 
     def has(self, **key) -> bool:
         return any(all(str(r[k]) == str(v) for k, v in key.items()) for r in self.rows)
@@ -28,11 +55,14 @@ class Store:
     def add(self, rows: list[dict]) -> None:
         rows = [{k: _cell(v) for k, v in r.items()} for r in rows]
         new = not self.path.is_file() or self.path.stat().st_size == 0
+        self.fields = self.fields or list(rows[0])
         with self.path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer = csv.DictWriter(f, fieldnames=self.fields)
             if new:
                 writer.writeheader()
             writer.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
         self.rows += [{k: str(v) for k, v in r.items()} for r in rows]
 
 

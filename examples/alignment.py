@@ -164,6 +164,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         lines, traj = Store(out / "alignment.csv", ("row",)), Store(out / "alignment_trajectories.csv", ("row",))
+        traj.prune(lines)  # a run killed between its two files is redone whole
         for row in rows:
             if lines.has(row=row):
                 continue

@@ -255,6 +255,8 @@ def main():
         runs = Store(out / "mnist_runs.csv", ("seed",))
         pairs = Store(out / "mnist.csv", ("seed", "pair"))
         traj = Store(out / "mnist_trajectories.csv", ("seed", "pair"))
+        for store in (pairs, traj):  # a run killed between its files is redone whole
+            store.prune(runs)
         for seed in range(seeds):
             if runs.has(seed=seed):
                 continue

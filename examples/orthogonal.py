@@ -198,6 +198,7 @@ def main():
         carried = carried_rates("tanh")[:2]
         runs = Store(out / "orthogonal.csv", ("setting", "seed"))
         mds = Store(out / "orthogonal_mds.csv", ("setting", "seed"))
+        mds.prune(runs)  # a run killed between its two files is redone whole
         for name in names:
             for seed in range(seeds):
                 if runs.has(setting=name, seed=seed):

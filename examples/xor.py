@@ -188,6 +188,7 @@ def main():
         rates = carried_rates(fits=pathlib.Path(args.fits))
         runs = Store(out / "xor.csv", ("setting", "seed"))
         pairs = Store(out / "xor_distances.csv", ("setting", "seed"))
+        pairs.prune(runs)  # a run killed between its two files is redone whole
         for name in names:
             for seed in range(seeds):
                 if runs.has(setting=name, seed=seed):

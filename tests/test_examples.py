@@ -115,6 +115,13 @@ def test_xor_example_fast_resumes_and_reports_from_its_csvs(tmp_path):
     assert (tmp_path / "xor" / "xor.md").read_text() == table
     _run_example("xor.py", "--report-only", "--out", tmp_path / "xor")
     assert (tmp_path / "xor" / "xor.md").read_text() == table
+    # A run killed while writing its line (cut short; its distances already written) is redone once, whole.
+    runs = tmp_path / "xor" / "xor.csv"
+    runs.write_text(runs.read_text().rstrip("\n")[:-40])
+    redo = _run_example("xor.py", "--fast", "--out", tmp_path / "xor")
+    assert "shallow seed 0:" in redo and "rich seed 0:" not in redo
+    assert len(runs.read_text().splitlines()) == 5
+    assert len((tmp_path / "xor" / "xor_distances.csv").read_text().splitlines()) == 1 + 4 * 6
 
 
 @pytest.mark.slow
