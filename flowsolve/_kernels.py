@@ -42,6 +42,9 @@ class EffectiveRates(eqx.Module):
       `D_yᵀr` in which the decoder's gradient acts on it (r = dŷ − dy*, the output residual; dy*
       where r vanishes). The reduced theory assumes 1 (THEORY.md §2); its encoder term of dy/dt is
       off by the factor 1/cos²θ otherwise (docs/rates.md).
+    - `decoder_sq_norm`: `‖D_yᵀ·r̂‖²`, the squared norm of the decoder's gradient along the same
+      direction (for a one-dimensional output `‖D_y‖²`): the `q0` of `solve_unaligned`, the model
+      without the alignment assumption.
     """
 
     eta_h: Float[Array, ""]
@@ -53,6 +56,7 @@ class EffectiveRates(eqx.Module):
     h: Float[Array, ""]
     dx2: Float[Array, ""]
     cos_theta: Float[Array, ""]
+    decoder_sq_norm: Float[Array, ""]
 
 
 def _sq_norm(tree) -> Array:
@@ -117,6 +121,7 @@ def _rates(encoder, decoder, inputs, targets) -> EffectiveRates:
     return EffectiveRates(
         eta_h=kappa_e / (2 * dx2), eta_y=kappa_d / (2 * h), eta_mean=kappa_mean / 4,
         kappa_e=kappa_e, kappa_d=kappa_d, kappa_mean=kappa_mean, h=h, dx2=dx2, cos_theta=cos_theta,
+        decoder_sq_norm=jnp.sum(pull**2),
     )
 
 
@@ -193,7 +198,7 @@ def predict_effective_rates(
 class RatesObserver(eqx.Module):
     """Observes the instantaneous rates along a flow: `eta_h`, `eta_y`, `eta_mean` (`κ_e(t)/(2·dx2)`,
     `κ_d(t)/(2·h(t))`, `κ̄(t)/4`), the alignment `cos_theta` (|cos θ| between `dh` and the decoder's
-    gradient direction, `EffectiveRates.cos_theta`) and the two-point `h, y, w, m` and `loss` of `layer`.
+    gradient direction, `EffectiveRates.cos_theta`), `decoder_sq_norm` and the two-point `h, y, w, m` and `loss` of `layer`.
 
     Pass as `observe=` to `gradient_flow` or `gradient_descent`; costs four VJPs per observation.
     """
@@ -207,7 +212,7 @@ class RatesObserver(eqx.Module):
         h, y, w, m = two_point_observables(inputs, targets, hiddens[self.layer], outputs)
         loss = 0.5 * jnp.mean(jnp.sum((outputs - targets).reshape(2, -1) ** 2, axis=1))
         return {"eta_h": rates.eta_h, "eta_y": rates.eta_y, "eta_mean": rates.eta_mean,
-                "cos_theta": rates.cos_theta, "h": h, "y": y, "w": w, "m": m, "loss": loss}
+                "cos_theta": rates.cos_theta, "decoder_sq_norm": rates.decoder_sq_norm, "h": h, "y": y, "w": w, "m": m, "loss": loss}
 
 
 def rates_observer(model: Any, layer: int) -> RatesObserver:

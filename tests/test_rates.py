@@ -223,3 +223,64 @@ def test_the_lazy_baseline_against_closed_forms():
     assert float(jnp.max(jnp.abs(lazy.model.base.readout.weight - net.readout.weight))) == 0.0
     with pytest.raises(ValueError, match="Equinox module"):
         fs.tangent_model(lambda x: x)
+
+
+def test_the_unaligned_model_is_exact_on_the_linearised_network():
+    # A wide hidden space and a one-dimensional output, random (misaligned) maps: the reduced theory
+    # is not exact here, the unaligned model (h, p, q) is, with the predicted rates and q0 = ‖D_y‖².
+    model, inputs = _linearised(6, 1, c=(1.1, 0.8, 0.9), seed=4)
+    targets = jnp.array([[0.6], [0.6 + 0.5**0.5]])
+    rates = fs.predict_effective_rates(model, inputs, targets, 0)
+    c_y = model.c[1]
+    np.testing.assert_allclose(float(rates.decoder_sq_norm), c_y**2 * float(jnp.sum(model.B**2)), rtol=1e-12)
+    assert float(rates.cos_theta) < 0.9
+    ts = jnp.linspace(0.0, 80.0, 41)
+    flow = fs.gradient_flow(model, inputs, targets, 80.0, ts=ts, layer=0, rtol=1e-11, atol=1e-13)
+    o = flow.observed
+    theory = fs.EffectiveTheory(rates.eta_h, rates.eta_y, 1.0, 0.5)
+    state0 = [o["h"][0], o["y"][0], o["w"][0]]
+    sol = fs.solve_unaligned(theory, state0, rates.decoder_sq_norm, 80.0, ts=ts, rtol=1e-11, atol=1e-13)
+    for k in ("h", "y", "w"):
+        np.testing.assert_allclose(np.asarray(getattr(sol, k)), np.asarray(o[k]), atol=1e-8, err_msg=k)
+    np.testing.assert_allclose(float(sol.cos_theta[0]), float(rates.cos_theta), rtol=1e-9)
+    assert float(jnp.max(jnp.abs(sol.conserved - sol.conserved[0]))) < 1e-9
+    # The closed-form final h, and the network converged to it.
+    h_inf = float(fs.unaligned_fixed_point(theory, state0, rates.decoder_sq_norm))
+    assert abs(float(o["w"][-1])) < 1e-9
+    np.testing.assert_allclose(float(o["h"][-1]), h_inf, rtol=1e-8)
+    # The reduced (aligned) theory with the same rates misses both.
+    aligned = fs.solve_theory(theory, state0, 80.0, ts=ts)
+    assert float(jnp.max(jnp.abs(aligned.h - o["h"]))) > 1e-2
+    assert abs(float(theory.fixed_point(state0[0], state0[1])[2]) - h_inf) > 1e-2
+
+
+def test_the_unaligned_model_reduces_to_the_theory_when_aligned():
+    theory = fs.EffectiveTheory(0.7, 1.9, 1.3, 0.5)
+    for state0 in ([0.4, 0.09, 0.09 - 0.5**0.5 * 0.3], [0.05, 0.16, 0.16 + 0.5**0.5 * 0.4], [2.0, 0.0, 0.0]):
+        h0, y0 = state0[0], state0[1]
+        q0 = max(y0 / h0, 0.0)
+        want = float(theory.fixed_point(h0, y0)[2])
+        np.testing.assert_allclose(float(fs.unaligned_fixed_point(theory, state0, q0)), want, rtol=1e-10)
+        if y0 > 0:
+            ts = jnp.linspace(0.0, 30.0, 31)
+            got = fs.solve_unaligned(theory, state0, q0, 30.0, ts=ts, rtol=1e-11, atol=1e-13)
+            ref = fs.solve_theory(theory, state0, 30.0, ts=ts, rtol=1e-11, atol=1e-13)
+            for k in ("h", "y", "w"):
+                np.testing.assert_allclose(np.asarray(getattr(got, k)), np.asarray(getattr(ref, k)), atol=1e-8)
+            np.testing.assert_allclose(np.asarray(got.cos_theta), 1.0, atol=1e-7)
+
+
+def test_the_unaligned_model_refuses_bad_input():
+    theory = fs.EffectiveTheory(0.5, 0.5, 1.0, 0.5)
+    with pytest.raises(ValueError, match="q0"):
+        fs.solve_unaligned(theory, [0.3, 0.01, 0.01 + 0.5**0.5 * 0.1], 0.001, 10.0)  # below y0/h0
+    with pytest.raises(ValueError, match="one-dimensional"):
+        fs.solve_unaligned(theory, [0.3, 0.01, 0.5], 1.0, 10.0)
+    with pytest.raises(ValueError, match="dy2"):
+        fs.solve_unaligned(fs.EffectiveTheory(0.5, 0.5, 1.0, 0.0), [0.3, 0.0, 0.0], 1.0, 10.0)
+    # Traced, a bad point is a status code in its own batch member, never a crash of the batch.
+    q0 = jnp.array([2.0, 1e-4])
+    sols = jax.vmap(lambda q: fs.solve_unaligned(theory, jnp.array([0.3, 0.01, 0.01 + 0.5**0.5 * 0.1]), q, 10.0, throw=False))(q0)
+    np.testing.assert_array_equal(np.asarray(sols.result == fs.RESULTS.successful), [True, False])
+    np.testing.assert_array_equal(np.asarray(sols.result == fs.RESULTS.inadmissible_state), [False, True])
+    assert np.isnan(np.asarray(sols.h[1])).all() and np.isfinite(np.asarray(sols.h[0])).all()
