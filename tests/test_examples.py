@@ -170,6 +170,12 @@ def test_alignment_example_fast(tmp_path):
     assert len(rows) == 3 and rows[0].startswith("row,activation,gain")
     for name in ("alignment.png", "lazy.png"):
         assert (tmp_path / "al" / name).stat().st_size > 10_000
+    # The prediction study reads those runs and writes its table: every method a number or "failed".
+    out = _run_example("rate_prediction.py", "--out", tmp_path / "al")
+    table = (tmp_path / "al" / "prediction.md").read_text()
+    assert "| default |" in table and "| tanh |" in table and "Rows meeting the target (of 2)" in table
+    lines = (tmp_path / "al" / "prediction.csv").read_text().splitlines()
+    assert len(lines) == 3 and "kernel, unaligned: error" in lines[0]
 
 
 @pytest.mark.slow
