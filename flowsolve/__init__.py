@@ -3,9 +3,11 @@
 The public API, one verb per capability. See README.md and docs/.
 """
 
+import importlib
 import importlib.metadata
+from typing import TYPE_CHECKING
 
-from . import experiments as experiments, plot as plot, symbolic as symbolic
+from . import plot as plot
 from ._compile_cache import enable_compilation_cache as enable_compilation_cache
 from ._fit import (
     fit_effective_rates as fit_effective_rates,
@@ -53,6 +55,24 @@ from ._theory import (
     TheorySolution as TheorySolution,
     to_regular as to_regular,
 )
+
+if TYPE_CHECKING:
+    from . import alternatives as alternatives, experiments as experiments, symbolic as symbolic
+
+_SUBMODULES = ("alternatives", "experiments", "symbolic")
+
+
+def __getattr__(name: str):
+    # Imported on first use: sympy (symbolic) and the architectures (experiments) cost a fresh process
+    # a quarter of a second that a solve or a fit does not need.
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'flowsolve' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_SUBMODULES])
+
 
 try:
     __version__ = importlib.metadata.version("flowsolve")

@@ -69,3 +69,18 @@ def result_name(result) -> "str | np.ndarray":
     for n in names:
         out = np.where(np.asarray(result == getattr(RESULTS, n)), n, out)
     return str(out[()]) if out.ndim == 0 else out.astype(str)
+
+
+def raise_on_failure(result: RESULTS, what: str) -> None:
+    """Raise `eqx.EquinoxRuntimeError` with the result's message when a concrete `result` is not success.
+
+    The host-side twin of `result.error_if`: a program checked this way carries no host callback, so
+    JAX's persistent cache can store it.
+    """
+    import equinox as eqx
+    import numpy as np
+
+    failed = ~np.asarray(result == RESULTS.successful)
+    if failed.any():
+        item = result if failed.ndim == 0 else type(result)(np.asarray(result._value)[failed].flat[0])
+        raise eqx.EquinoxRuntimeError(f"{what} failed: {RESULTS[item]}")

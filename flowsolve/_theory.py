@@ -11,7 +11,8 @@ from jaxtyping import Array, ArrayLike, Bool, Float
 
 from ._custom_types import RealScalarLike
 from ._norms import rms_norm_nan_is_inf
-from ._results import RESULTS
+from ._results import raise_on_failure, RESULTS
+from ._saving import solve_saving_at
 from ._validation import check_finite, check_positive, check_shape, concrete_array, is_concrete
 
 
@@ -349,9 +350,15 @@ def solve_theory(
     if solver is None:
         solver = _default_solver(theory, state0)
     # Everything numeric travels as an array, so that new values reuse the compiled solve.
+    # Outside a trace a failure is raised here, after the solve, so that the compiled program has no host
+    # callback and JAX's persistent cache can keep it for the next process; traced, `error_if` raises.
+    concrete = is_concrete((theory, state0, t0, t1, ts, m0, eta_mean))
     t0, t1, m0, eta_mean = (jnp.asarray(v, dtype) for v in (t0, t1, m0, eta_mean))
-    return _solve(theory, jnp.asarray(state0, dtype), t0, t1, ts, solver, rtol, atol, max_steps,
-                  m0, eta_mean, adjoint, throw, stop_at_steady_state)
+    sol = _solve(theory, jnp.asarray(state0, dtype), t0, t1, ts, solver, rtol, atol, max_steps,
+                 m0, eta_mean, adjoint, throw and not concrete, stop_at_steady_state)
+    if throw and concrete:
+        raise_on_failure(sol.result, "solve_theory")
+    return sol
 
 
 def _check_state(theory: EffectiveTheory, state0) -> None:
@@ -458,39 +465,21 @@ def _solve(theory, state0, t0, t1, ts, solver, rtol, atol, max_steps, m0, eta_me
     ts = jnp.where(okay, ts, jnp.linspace(0.0, 1.0, ts.shape[0], dtype=ts.dtype))
     m0, eta_mean = jnp.where(okay, m0, 0.0), jnp.where(okay, eta_mean, 0.0)
     y0 = to_regular(theory, state0)
-    term = diffrax.ODETerm(_regular_vector_field)
     controller = diffrax.PIDController(rtol=REGULAR_TOLERANCE * rtol, atol=REGULAR_TOLERANCE * atol,
                                        norm=rms_norm_nan_is_inf)
-    kwargs = {} if adjoint is None else {"adjoint": adjoint}
+    event = None
     if stop_at_steady_state:
         _, _, h_inf = theory.fixed_point(state0[0], state0[1])
         rate = jnp.minimum(*theory.convergence_rates(h_inf))
-        kwargs["event"] = diffrax.Event(_steady_state(theory, rate, rtol, atol))
-    sol = diffrax.diffeqsolve(
-        term,
-        solver,
-        t0,
-        t1,
-        None,
-        y0,
-        args=theory,
-        saveat=diffrax.SaveAt(ts=ts, t1=True),
-        stepsize_controller=controller,
-        max_steps=max_steps,
-        throw=False,
-        **kwargs,
-    )
-    result = RESULTS.promote(sol.result)
-    stopped = result == RESULTS.event_occurred
-    result = RESULTS.where(stopped, RESULTS.successful, result)
-    # diffrax saves the final state right after the last save time it reached. After a
-    # steady-state stop the later save times hold that final state (it moves less than the
-    # tolerance from there on).
-    n_reached = jnp.sum(jnp.isfinite(sol.ts)) - 1
-    index = jnp.arange(ts.shape[0])
-    after_stop = index >= n_reached
-    t_final = sol.ts[n_reached]
-    a, u_par, u_perp = (jnp.where(after_stop, y[n_reached], y[:-1]) for y in sol.ys)
+        event = diffrax.Event(_steady_state(theory, rate, rtol, atol))
+    # Saved interval by interval (through the save times, on to t1): no host callback in the program,
+    # so that JAX's persistent cache can keep it for the next process. After a steady-state stop the
+    # later save times hold the final state (it moves less than the tolerance from there on).
+    saved = solve_saving_at(diffrax.ODETerm(_regular_vector_field), solver, t0, jnp.append(ts, t1), y0, theory,
+                            controller, max_steps, event=event, adjoint=adjoint)
+    result = RESULTS.promote(saved.result)
+    t_final = saved.t_final
+    a, u_par, u_perp = (v[:-1] for v in saved.ys)
     h, y, w = from_regular(theory, a, u_par, u_perp)
     conserved = a**2 - theory.rate_ratio * theory.dx2 * (u_par**2 + u_perp**2)
     loss = theory.loss(jnp.stack([h, y, w], axis=-1), m0, eta_mean, ts)
@@ -508,8 +497,7 @@ def _solve(theory, state0, t0, t1, ts, solver, rtol, atol, max_steps, m0, eta_me
     del t1_in
     if throw:
         h = result.error_if(h, result != RESULTS.successful)
-    stats = {k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
-    stats["t_final"] = t_final
+    stats = dict(saved.stats, t_final=t_final)
     return TheorySolution(
         ts=ts, h=h, y=y, w=w, loss=loss, conserved=conserved, a=a, u_par=u_par, u_perp=u_perp,
         collided=collided, t_collision=t_collision, result=result, stats=stats,

