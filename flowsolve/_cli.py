@@ -28,6 +28,45 @@ app = typer.Typer(
 Out = Annotated[pathlib.Path, typer.Option("--out", "-o", help="output folder (created if missing)")]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"flowsolve {version('flowsolve')}")
+        except PackageNotFoundError:  # a source tree that was never installed
+            typer.echo("flowsolve (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    cache: Annotated[bool, typer.Option(
+        help="keep compiled programs in the user's cache ($FLOWSOLVE_CACHE, else ~/.cache/flowsolve), so that "
+             "the next run skips tracing and compiling")] = True,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+):
+    """Exact gradient flows of neural networks and the effective theory of their representations."""
+    del version
+    if not cache:
+        return
+    folder = pathlib.Path(os.environ.get("FLOWSOLVE_CACHE") or pathlib.Path.home() / ".cache" / "flowsolve")
+    try:
+        folder.expanduser().mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # an unwritable cache folder costs speed, not the run
+        typer.echo(f"warning: compilation cache off ({e})", err=True)
+        return
+    if "jax" in sys.modules:
+        from ._compile_cache import enable_compilation_cache
+
+        enable_compilation_cache(folder)
+    else:  # JAX reads these when it is imported (not before a command needs it)
+        os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(folder.expanduser()))
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
 def _rkc():
     from ._rkc import RKC
 

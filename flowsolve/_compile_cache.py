@@ -2,15 +2,14 @@
 
 JAX's persistent compilation cache stores compiled executables, but a fresh process still traces the
 Python program before it can look one up, and tracing an optimiser looped around a differentiated
-diffrax solve takes seconds. Worse, programs with host callbacks (which `eqx.error_if` inserts, e.g. in
-diffrax's checks) are never written to that cache at all. Here the program is traced once, exported
-with `jax.export` (StableHLO) and stored next to JAX's cache; later processes deserialize it and call
-it, and the compilation itself then comes from JAX's cache. `fn` must be a plain (not jitted)
-function: a jitted one may hand back a trace made earlier with callbacks in it.
+diffrax solve takes seconds. Here the program is traced once, exported with `jax.export` (StableHLO)
+and stored next to JAX's cache; later processes deserialize it and call it, and the compilation itself
+then comes from JAX's cache.
 
 Used only when JAX's persistent cache is enabled (`flowsolve.enable_compilation_cache`) and only for
-programs that report every failure through status values rather than by raising: they are exported with
-`eqx.error_if` set to return NaN instead of calling back to the host.
+programs without host callbacks (neither cache can hold one): programs that report every failure
+through status values, with their solves saved by `_saving.solve_saving_at`. A program that still has
+one is not exported; it is compiled as usual, with a warning.
 """
 
 import hashlib
@@ -87,7 +86,7 @@ def call_cached(name: str, fn: Callable, key: Any, args: Sequence[Any]) -> list[
         if exported is None:
             try:
                 exported = _export(fn, args)
-            except Exception as e:  # e.g. a callback traced earlier in this process and reused
+            except Exception as e:  # e.g. a program with a host callback
                 warnings.warn(f"flowsolve could not store `{name}` for fresh processes ({e}); "
                               "it is compiled as usual.", stacklevel=3)
                 return None
@@ -101,29 +100,34 @@ def call_cached(name: str, fn: Callable, key: Any, args: Sequence[Any]) -> list[
 
 def _export(fn: Callable, args: Sequence[Any]):
     from jax import export
-    import equinox._errors as eqx_errors  # `eqx.error_if`'s mode is read from here at trace time
 
     jitted = jax.jit(lambda *a: tuple(fn(*a)))
-    previous, previous_jit = eqx_errors.EQX_ON_ERROR, eqx_errors.branched_error_if_impl_jit
-
-    def error_if_nan(x, pred, index, msgs, *, on_error):
-        # An explicit mode, so that error checks traced earlier in "raise" mode are not reused.
-        return previous_jit(x, pred, index, msgs, on_error="nan" if on_error == "default" else on_error)
-
-    # No host callbacks: exportable and cacheable.
-    eqx_errors.EQX_ON_ERROR, eqx_errors.branched_error_if_impl_jit = "nan", error_if_nan
     try:
+        return export.export(jitted)(*args)
+    except ValueError:
+        # Custom calls without a compatibility guarantee, e.g. LAPACK kernels (LU, QR) of an implicit
+        # solver: allowed, since the cache key holds the JAX version, the backend and this package's
+        # source, so a program is only ever reloaded where it was exported.
         text = jitted.lower(*args).as_text()
-        # LAPACK kernels (QR, SVD) carry no cross-version guarantee; the cache key holds the JAX
-        # version and the backend, so they are only ever reloaded where they were exported.
         targets = sorted(set(re.findall(r"custom_call @(\w+)", text)))
+        if any("callback" in t for t in targets):
+            raise ValueError("the program calls back to the host") from None
         checks = [export.DisabledSafetyCheck.custom_call(t) for t in targets]
         return export.export(jitted, disabled_checks=checks)(*args)
-    finally:
-        eqx_errors.EQX_ON_ERROR, eqx_errors.branched_error_if_impl_jit = previous, previous_jit
+
+
+_source_digest: str | None = None
 
 
 def _package_version() -> str:
+    """The version and a digest of this package's source: an exported program is reused only by the
+    code that exported it (an edited source tree at the same version included)."""
+    global _source_digest
+    if _source_digest is None:
+        digest = hashlib.sha256()
+        for file in sorted(pathlib.Path(__file__).parent.glob("*.py")):
+            digest.update(file.name.encode() + file.read_bytes())
+        _source_digest = digest.hexdigest()[:16]
     from . import __version__
 
-    return __version__
+    return f"{__version__}+{_source_digest}"

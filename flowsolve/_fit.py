@@ -12,6 +12,7 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ._compile_cache import call_cached
+from ._saving import solve_saving_at
 from ._custom_types import RealScalarLike
 from ._results import RESULTS
 from ._theory import EffectiveTheory, TheorySolution, _regular_vector_field, from_regular, solve_theory, to_regular
@@ -169,20 +170,10 @@ def _trajectory(solve: _Solver, rates, start, data: _Data):
     else:
         field = solve.vector_field
         term = diffrax.ODETerm(lambda t, s, c: field(s, c.eta_h, c.eta_y, c.dx2, c.dy2))
-    sol = diffrax.diffeqsolve(
-        term,
-        solve.solver,
-        data.ts[0],
-        data.ts[-1],
-        None,
-        start,
-        args=consts,
-        saveat=diffrax.SaveAt(ts=data.ts),
-        stepsize_controller=diffrax.PIDController(rtol=solve.rtol, atol=solve.atol),
-        max_steps=solve.max_steps,
-        adjoint=diffrax.ForwardMode(),
-        throw=False,
-    )
+    # Saved interval by interval: no host callback, so the fit's program can be stored for fresh processes.
+    sol = solve_saving_at(term, solve.solver, data.ts[0], data.ts, start, consts,
+                          diffrax.PIDController(rtol=solve.rtol, atol=solve.atol), solve.max_steps,
+                          adjoint=diffrax.ForwardMode())
     if solve.vector_field is None:
         states = jnp.stack(from_regular(consts, sol.ys[:, 0], sol.ys[:, 1], sol.ys[:, 2]), axis=-1)
     else:

@@ -354,11 +354,40 @@ def solve_theory(
     # callback and JAX's persistent cache can keep it for the next process; traced, `error_if` raises.
     concrete = is_concrete((theory, state0, t0, t1, ts, m0, eta_mean))
     t0, t1, m0, eta_mean = (jnp.asarray(v, dtype) for v in (t0, t1, m0, eta_mean))
-    sol = _solve(theory, jnp.asarray(state0, dtype), t0, t1, ts, solver, rtol, atol, max_steps,
-                 m0, eta_mean, adjoint, throw and not concrete, stop_at_steady_state)
+    state0 = jnp.asarray(state0, dtype)
+    sol = None
+    if concrete and adjoint is None:  # through the exported-program cache, when JAX's persistent cache is on
+        sol = _solve_exported(theory, state0, t0, t1, ts, solver, rtol, atol, max_steps, m0, eta_mean,
+                              stop_at_steady_state)
+    if sol is None:
+        sol = _solve(theory, state0, t0, t1, ts, solver, rtol, atol, max_steps, m0, eta_mean, adjoint,
+                     throw and not concrete, stop_at_steady_state)
     if throw and concrete:
         raise_on_failure(sol.result, "solve_theory")
     return sol
+
+
+def _solve_exported(theory, state0, t0, t1, ts, solver, rtol, atol, max_steps, m0, eta_mean, stop):
+    """`_solve` through `_compile_cache.call_cached`: a fresh process skips tracing as well as compiling.
+    `None` when the cache is off or the program cannot be stored."""
+    from ._compile_cache import call_cached
+
+    def flat(eta_h, eta_y, dx2, dy2, *rest):
+        state, start, end, times, m, rate = rest
+        out = _solve(EffectiveTheory(eta_h, eta_y, dx2, dy2), state, start, end, times, solver, rtol, atol,
+                     max_steps, m, rate, None, False, stop)
+        return jax.tree_util.tree_leaves(out)
+
+    args = [theory.eta_h, theory.eta_y, theory.dx2, theory.dy2, state0, t0, t1, ts, m0, eta_mean]
+    out = call_cached("solve_theory", flat, (repr(solver), rtol, atol, max_steps, stop), args)
+    return None if out is None else jax.tree_util.tree_unflatten(_SOLUTION_TREEDEF, out)
+
+
+_SOLUTION_TREEDEF = jax.tree_util.tree_structure(TheorySolution(
+    **{f: 0.0 for f in TheorySolution.__dataclass_fields__ if f not in ("result", "stats")},
+    result=RESULTS.successful,
+    stats={k: 0 for k in ("num_steps", "num_accepted_steps", "num_rejected_steps", "t_final")},
+))
 
 
 def _check_state(theory: EffectiveTheory, state0) -> None:

@@ -273,17 +273,27 @@ def test_compilation_cache_serves_a_fresh_process(tmp_path):
         ts = np.linspace(0, 40, 100)
         sol = fs.solve_theory(th, [0.05, 0.0, 0.0], 40.0, ts=ts, rtol=1e-11, atol=1e-13)
         fit = fs.fit_effective_rates(ts, sol.h, sol.y, sol.w, 1.0, 0.5)
-        print(repr(float(fit.eta_h)), repr(float(fit.eta_y)))
+        print(repr(float(fit.eta_h)), repr(float(fit.eta_y)), repr(float(sol.h[-1])))
+        try:  # a failure of the stored solve still raises
+            fs.solve_theory(th, [0.05, 0.0, 0.0], 40.0, ts=ts, max_steps=3)
+        except RuntimeError as e:
+            print("raised:" + str(e).split(":")[0].replace(" ", "_"))
         """
     )
     env = dict(os.environ, FLOWSOLVE_CACHE=str(tmp_path), JAX_PLATFORMS="cpu")
     run = lambda: subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,  # noqa: E731
                                  check=True).stdout.split()
     first = run()
-    assert list((tmp_path / "flowsolve-exported").glob("fit_effective_rates-*.bin"))
+    for name in ("fit_effective_rates", "solve_theory"):
+        assert list((tmp_path / "flowsolve-exported").glob(f"{name}-*.bin")), name
     second = run()
     assert first == second
-    np.testing.assert_allclose([float(v) for v in first], [2.0, 0.5], rtol=1e-5)
+    assert first[-1] == "raised:solve_theory_failed"
+    np.testing.assert_allclose([float(v) for v in first[:2]], [2.0, 0.5], rtol=1e-5)
+    # The same numbers as without the cache (this process has it off).
+    th = fs.EffectiveTheory(2.0, 0.5, 1.0, 0.5)
+    sol = fs.solve_theory(th, [0.05, 0.0, 0.0], 40.0, ts=np.linspace(0, 40, 100), rtol=1e-11, atol=1e-13)
+    assert float(first[2]) == float(sol.h[-1])
 
 
 def test_result_says_how_the_fit_went():
