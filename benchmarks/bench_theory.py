@@ -10,7 +10,7 @@ difference (the reference cannot pass a collision). The reference is timed on a 
 `--ref-samples` starts per N (its cost per trajectory does not depend on N) and the agreement is
 the largest absolute difference of the final (h, y, w) over that subsample.
 
-    python benchmarks/bench_theory.py            # N = 100, 1 000, 10 000
+    python benchmarks/bench_theory.py            # N = 1, 100, 1 000, 10 000
     python benchmarks/bench_theory.py --sizes 100 1000 --ref-samples 100
 """
 
@@ -61,8 +61,8 @@ def _plain_vmap(states):
     return jax.vmap(one)(states)
 
 
-def bucketed(states, buckets=16):
-    """`solve_theory_batch`: members sorted by stiffness into equal chunks."""
+def bucketed(states, buckets=None):
+    """`solve_theory_batch`: members sorted by stiffness into equal chunks (default: batch // 64 in [1, 16])."""
     theory = fs.EffectiveTheory(**SETTING)
     return fs.solve_theory_batch(theory, states, T1, ts=np.array([T1]), rtol=RTOL, atol=ATOL, buckets=buckets)
 
@@ -102,12 +102,13 @@ def timed(fn, *args, repeats=3):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1_000, 10_000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 100, 1_000, 10_000])
     parser.add_argument("--ref-samples", type=int, default=200)
     args = parser.parse_args()
 
     ref_solve = reference()
-    variants = {"vmap, one call": plain_vmap, "solve_theory_batch, 16 buckets": bucketed,
+    variants = {"vmap, one call": plain_vmap, "solve_theory_batch, default buckets": bucketed,
+                "solve_theory_batch, 16 buckets": lambda s: bucketed(s, 16),
                 "solve_theory_batch, 64 buckets": lambda s: bucketed(s, 64)}
     print(f"# bench_theory — {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, jax {jax.__version__} on {jax.devices()[0].platform}, float64, "
@@ -124,7 +125,7 @@ def main():
         ref_final = np.stack([r[0] for r in ref])
         assert all(r[1] for r in ref)
         for name, run in variants.items():
-            if n < 1000 and "64" in name:
+            if n < 1000 and ("64" in name or "16" in name):
                 continue
             start = time.perf_counter()
             jax.block_until_ready(run(states))

@@ -538,7 +538,7 @@ def solve_theory_batch(
     states0: Float[ArrayLike, "batch 3"],
     t1: RealScalarLike,
     *,
-    buckets: int = 16,
+    buckets: int | None = None,
     ts: Float[ArrayLike, " times"] | None = None,
     **kwargs,
 ) -> TheorySolution:
@@ -557,8 +557,10 @@ def solve_theory_batch(
       leading axis of length `batch`.
     - `states0`: `(batch, 3)` admissible initial states `[h0, y0, w0]`.
     - `t1`: the final time, shared by all members.
-    - `buckets`: how many chunks (on the CPU, 16 cut the lockstep overhead from 11× to
-      1.9× in `benchmarks/bench_theory.py`; on a GPU use 1–4).
+    - `buckets`: how many chunks. Default `batch // 64` within [1, 16]: chunks of at least 64 members,
+      since a smaller batch is faster as one vmapped solve (N = 100: 470 µs per member in one chunk,
+      560 in 16; N = 1 000: 480 in one, 190 in 16, 385 in 64; N = 10 000: 78 in 16 — on the CPU,
+      `benchmarks/bench_theory.py`). On a GPU use 1–4.
     - `ts`, and any other keyword argument of `solve_theory` (`solver`, `rtol`, `atol`,
       `max_steps`, `m0`, `eta_mean`, `t0`), shared by all members. `throw` is always `False`:
       each member's `result` says whether it succeeded.
@@ -570,11 +572,13 @@ def solve_theory_batch(
     states0 = np.asarray(states0, dtype=theory.eta_h.dtype)
     if states0.ndim != 2 or states0.shape[1] != 3 or states0.shape[0] < 1:
         raise ValueError(f"`states0` must have shape (batch, 3), got {states0.shape}.")
-    if not (isinstance(buckets, int) and buckets >= 1):
-        raise ValueError(f"`buckets` must be a positive int, got {buckets!r}.")
+    if buckets is not None and not (isinstance(buckets, int) and buckets >= 1):
+        raise ValueError(f"`buckets` must be a positive int or None, got {buckets!r}.")
     if "throw" in kwargs:
         raise ValueError("`solve_theory_batch` never throws; read each member's `result` instead.")
     n = states0.shape[0]
+    if buckets is None:
+        buckets = min(16, max(1, n // 64))
     try:
         fields = [np.broadcast_to(np.asarray(f), (n,)) for f in (theory.eta_h, theory.eta_y, theory.dx2, theory.dy2)]
     except ValueError:
@@ -585,14 +589,16 @@ def solve_theory_batch(
     t0 = kwargs.pop("t0", 0.0)
     if ts is None:
         ts = np.linspace(t0, t1, 101)
+    dtype = states0.dtype
+    times = (jnp.asarray(t0, dtype), jnp.asarray(t1, dtype), jnp.asarray(ts, dtype))
+    buckets = min(buckets, n)
+    if buckets == 1:  # one vmapped solve: nothing to sort, nothing to reorder
+        return _solve_chunk(EffectiveTheory(*fields), states0, times, kwargs)
     stiffness = np.asarray(EffectiveTheory(*fields).stiffness(states0[:, 0], states0[:, 1]))
     order = np.argsort(stiffness, kind="stable")
-    buckets = min(buckets, n)
     size = -(-n // buckets)
     # Equal chunk sizes (the last padded with copies of the stiffest member): one compilation.
     padded = np.concatenate([order, np.full(size * buckets - n, order[-1])])
-    dtype = states0.dtype
-    times = (jnp.asarray(t0, dtype), jnp.asarray(t1, dtype), jnp.asarray(ts, dtype))
     # Chunks go round-robin to every device JAX sees; dispatch is asynchronous, so they run
     # concurrently (e.g. one per core with XLA_FLAGS=--xla_force_host_platform_device_count=2).
     devices = jax.devices()
