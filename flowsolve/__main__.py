@@ -1,6 +1,13 @@
-"""`python -m flowsolve`: the main demo (the effective theory on the paper's two-point setting)."""
+"""`python -m flowsolve` is the `flowsolve` command; with no arguments it runs `flowsolve demo`, the main job."""
 
-from ._demo import main
+import sys
+
+
+def main() -> None:
+    from ._cli import main as cli
+
+    cli(sys.argv[1:] or ["demo"])
+
 
 if __name__ == "__main__":
     main()

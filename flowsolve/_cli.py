@@ -162,28 +162,47 @@ def _write_csv(path: pathlib.Path, columns: dict[str, Any]) -> None:
         writer.writerows(rows.tolist())
 
 
+class _Tee(io.TextIOBase):
+    """Writes to the terminal as it comes and keeps a copy (the command's `summary.txt`)."""
+
+    def __init__(self, terminal):
+        self.terminal, self.copy = terminal, io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.terminal.write(text)
+        self.terminal.flush()
+        return self.copy.write(text)
+
+
 @app.command()
 def demo(
+    what: Annotated[str, typer.Argument(help="network: the main job; theory: the reduced theory's regimes")] = "network",
     out: Out = pathlib.Path("flowsolve_out/demo"),
     width: Annotated[int | None, typer.Option(help="width of both networks (default: 500 for GD, 100 for the flow)")] = None,
     rtol: Annotated[float, typer.Option(help="relative tolerance of the flow")] = 1e-4,
     seed: int = 0,
 ):
-    """The README's main job: the paper's default network trained by GD and a tanh network's exact flow,
-    each with the reduced theory fitted to it and its closed-form fixed point."""
+    """The README's main job (also `python -m flowsolve`): the paper's default network trained by GD and a
+    tanh network's exact flow, each with the reduced theory fitted to it and its closed-form fixed point.
+    `demo theory`: the reduced theory alone from rich, lazy and colliding starts."""
     with _errors():
+        if what not in ("network", "theory"):
+            raise UserError(f"unknown demo {what!r}; choose network or theory.")
         if (width is not None and width < 1) or not rtol > 0:
             raise UserError(f"need width ≥ 1 and rtol > 0, got width={width}, rtol={rtol}.")
         folder = _folder(out)
         _x64()
-        from ._demo import run_network
+        tee = _Tee(sys.stdout)
+        with contextlib.redirect_stdout(tee):
+            if what == "theory":
+                from ._demo_theory import main as theory_demo
 
-        buffer = io.StringIO()
-        with contextlib.redirect_stdout(buffer):
-            run_network(width=width, rtol=rtol, seed=seed, out=folder / "demo.png")
-        text = buffer.getvalue()
-        typer.echo(text, nl=False)
-        (folder / "summary.txt").write_text(text)
+                theory_demo()
+            else:
+                from ._demo import run_network
+
+                run_network(width=width, rtol=rtol, seed=seed, out=folder / "demo.png")
+        (folder / "summary.txt").write_text(tee.copy.getvalue())
 
 
 @app.command()
@@ -734,8 +753,8 @@ def reproduce(
         typer.echo(f"results in {folder}")
 
 
-def main() -> None:
-    app()
+def main(argv: list[str] | None = None) -> None:
+    app(args=argv, prog_name="flowsolve")
 
 
 if __name__ == "__main__":

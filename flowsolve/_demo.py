@@ -1,7 +1,7 @@
 """The README's main job: what gradient descent makes a deep network learn, and the two-constant
 theory of van Rossem & Saxe (ICML 2024) that describes it.
 
-`python -m flowsolve` (no arguments) trains two networks of the paper's two-point task (THEORY.md §5)
+`flowsolve demo` (also `python -m flowsolve` with no arguments) trains two networks of the paper's two-point task (THEORY.md §5)
 and fits the reduced theory to each:
 
 - A: the paper's default row as the authors ran it for their figures: MLP, 20 hidden layers of 500,
@@ -14,37 +14,13 @@ and fits the reduced theory to each:
 For each: the fitted effective learning rates η_h, η_y (± standard error), the fit's errors, the
 closed-form A_low, A_high and final ‖dh‖² from the sympy-derived expressions with the fitted rates,
 against the network's own final ‖dh‖²; a figure of network (solid) and fitted theory (dashed).
-`python -m flowsolve theory` runs the effective-theory demo instead.
+`flowsolve demo theory` runs the effective-theory demo instead.
 """
 
-import argparse
 import pathlib
 import time
 
 import jax
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m flowsolve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", nargs="?", default="network", choices=["network", "theory"])
-    parser.add_argument("--width", type=int, default=None,
-                        help="width of both networks (default: 500 for A, as in the paper; 100 for B)")
-    parser.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance of B's flow (default 1e-4)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("flowsolve_demo.png"))
-    args = parser.parse_args(argv)
-    if args.width is not None and args.width < 1:
-        parser.error(f"--width must be ≥ 1, got {args.width}")
-    if not args.rtol > 0:
-        parser.error(f"--rtol must be > 0, got {args.rtol}")
-    jax.config.update("jax_enable_x64", True)
-    if args.what == "theory":
-        from ._demo_theory import main as theory_main
-
-        theory_main()
-        return
-    run_network(width=args.width, rtol=args.rtol, seed=args.seed, out=args.out)
 
 
 def _fit_and_predict(ts, observed, fixed_point):

@@ -23,17 +23,19 @@ def test_theory_regimes_example(tmp_path):
 
 
 def test_main_demo_theory(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "flowsolve", "theory"], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "flowsolve", "demo", "theory", "--out", str(tmp_path / "t")],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("|dh(inf)|^2 integrated") == 3
     assert "collision of the two representations" in proc.stdout
+    assert (tmp_path / "t" / "summary.txt").read_text() == proc.stdout
 
 
 def test_main_demo_network_small(tmp_path):
-    out = tmp_path / "demo.png"
+    # `python -m flowsolve` is the command line; `demo` is what it runs with no arguments.
+    out = tmp_path / "demo" / "demo.png"
     proc = subprocess.run(
-        [sys.executable, "-m", "flowsolve", "--width", "8", "--rtol", "1e-4", "--out", str(out)],
+        [sys.executable, "-m", "flowsolve", "demo", "--width", "8", "--rtol", "1e-4", "--out", str(out.parent)],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
