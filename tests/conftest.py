@@ -1,4 +1,11 @@
+import os
+import tempfile
+
 import jax
+
+# The command line keeps compiled programs in $FLOWSOLVE_CACHE (default ~/.cache/flowsolve): the
+# commands run by the tests use a folder of their own, shared by the test processes.
+os.environ.setdefault("FLOWSOLVE_CACHE", os.path.join(tempfile.gettempdir(), f"flowsolve-tests-{os.getuid()}"))
 
 jax.config.update("jax_enable_x64", True)
 

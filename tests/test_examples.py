@@ -44,6 +44,7 @@ def test_main_demo_network_small(tmp_path):
         assert line in proc.stdout
     assert "A  default row, as in the paper: MLP 20 × 8" in proc.stdout
     assert out.stat().st_size > 10_000
+    assert (out.parent / "summary.txt").read_text() == proc.stdout
     table = out.with_suffix(".csv").read_text().splitlines()
     assert table[0].startswith("network,t,h,y,w,loss,theory_h") and len(table) == 1 + 2 * 301
 
