@@ -326,6 +326,7 @@ def flow(
     solver: Annotated[str, typer.Option(help="tsit5 (default), bosh3, or rkc (cheapest at ~1 % accuracy on "
                                              "smooth networks; not for tight tolerances)")] = "tsit5",
     fit: Annotated[bool, typer.Option(help="also fit η_h, η_y and draw the theory")] = True,
+    progress: Annotated[bool, typer.Option(help="a progress bar of the flow on stderr")] = True,
 ):
     """Run a setting's exact gradient flow; save the trajectories (CSV), a plot and the fitted rates."""
     with _errors():
@@ -361,8 +362,11 @@ def flow(
         if not t1 > 0:
             raise UserError(f"`t1` must be > 0, got {t1}.")
         ts = np.linspace(0.0, t1, 201)
+        import diffrax
+
         sol = gradient_flow(exp.model, exp.inputs, exp.targets, t1, ts=ts, layer=exp.layer, rtol=rtol,
-                            atol=1e-3 * rtol, solver=_SOLVERS[solver]())
+                            atol=1e-3 * rtol, solver=_SOLVERS[solver](),
+                            progress_meter=diffrax.TqdmProgressMeter() if progress else None)
         obs = {k: np.asarray(v) for k, v in sol.observed.items()}
         _write_csv(folder / "flow.csv", {"t": ts, **obs})
         row = exp.setting

@@ -33,6 +33,7 @@ def ensemble_flow(
     icoeff: float = 1.0,
     max_steps: int = 100_000,
     data_batched: bool = False,
+    progress_meter: diffrax.AbstractProgressMeter | None = None,
     throw: bool = True,
 ) -> FlowSolution:
     """Integrate the gradient flows of an ensemble of networks of one architecture (e.g. many seeds)
@@ -118,7 +119,8 @@ def ensemble_flow(
     controller = pid_controller(rtol, atol, pcoeff, icoeff, norm=_member_rms_max)
     solver = diffrax.Tsit5() if solver is None else solver
     data_axis = 0 if data_batched else None
-    sol = _ensemble(models, inputs, targets, t1, ts, observer, loss, solver, controller, max_steps, data_axis)
+    sol = _ensemble(models, inputs, targets, t1, ts, observer, loss, solver, controller, max_steps, data_axis,
+                    progress_meter)
     if throw:
         if is_concrete(sol.result):
             bad = np.flatnonzero(np.asarray(sol.result._value) != RESULTS.successful._value)
@@ -153,7 +155,8 @@ def _member_finite(tree) -> Array:
 
 
 @eqx.filter_jit
-def _ensemble(models, inputs, targets, t1, ts, observer, loss, solver, controller, max_steps, data_axis):
+def _ensemble(models, inputs, targets, t1, ts, observer, loss, solver, controller, max_steps, data_axis,
+              progress_meter=None):
     params, static = eqx.partition(models, eqx.is_inexact_array)
 
     def member_grad(p, x, y):
@@ -167,7 +170,8 @@ def _ensemble(models, inputs, targets, t1, ts, observer, loss, solver, controlle
         observe_one = lambda q, x, y: observer(eqx.combine(q, static), x, y)  # noqa: E731
         return jax.vmap(observe_one, in_axes=(0, data_axis, data_axis))(p, inputs, targets)
 
-    run = integrate_parameters(vector_field, save, params, t1, ts, solver, controller, max_steps)
+    kwargs = {} if progress_meter is None else {"progress_meter": progress_meter}
+    run = integrate_parameters(vector_field, save, params, t1, ts, solver, controller, max_steps, **kwargs)
     # observed leaves: (times, members, ...) → (members, times, ...)
     observed = jax.tree_util.tree_map(lambda v: jnp.moveaxis(v, 0, 1), run.observed)
     finite = _member_finite(run.final) & jnp.stack([

@@ -221,6 +221,7 @@ def gradient_flow(
     max_steps: int = 100_000,
     adjoint: diffrax.AbstractAdjoint | None = None,
     loss_threshold: float | None = None,
+    progress_meter: diffrax.AbstractProgressMeter | None = None,
     throw: bool = True,
 ) -> FlowSolution:
     """Integrate the exact gradient flow `dθ/dt = −∇_θ L(θ)` of a network with an adaptive solver.
@@ -254,6 +255,8 @@ def gradient_flow(
       (`benchmarks/README.md`, "bench_flow").
     - `max_steps`: the most solver steps.
     - `adjoint`: a diffrax adjoint, for differentiating through the flow.
+    - `progress_meter`: a diffrax progress meter, e.g. `diffrax.TqdmProgressMeter()` (a bar on stderr,
+      for long flows); default none.
     - `loss_threshold`: stop early (a diffrax event) once the loss falls below this.
     - `throw`: raise on failure (max steps, non-finite state) with the time reached; with
       `throw=False` the failure is reported in `result` (for vmapped batches).
@@ -291,7 +294,7 @@ def gradient_flow(
                 raise ValueError(f"`ts` must be non-decreasing and lie in [0, t1] = [0, {float(t1_c)}].")
     solver = diffrax.Tsit5() if solver is None else solver
     sol = _flow(model, inputs, targets, t1, ts, observer, loss, solver, controller, max_steps, adjoint,
-                loss_threshold)
+                loss_threshold, progress_meter)
     return _report(sol, throw, "gradient flow")
 
 
@@ -308,7 +311,8 @@ def _report(sol: FlowSolution, throw: bool, what: str) -> FlowSolution:
 
 
 @eqx.filter_jit
-def _flow(model, inputs, targets, t1, ts, observer, loss, solver, controller, max_steps, adjoint, loss_threshold):
+def _flow(model, inputs, targets, t1, ts, observer, loss, solver, controller, max_steps, adjoint, loss_threshold,
+          progress_meter=None):
     params, static = eqx.partition(model, eqx.is_inexact_array)
 
     def vector_field(t, p, args):
@@ -319,6 +323,8 @@ def _flow(model, inputs, targets, t1, ts, observer, loss, solver, controller, ma
         return observer(eqx.combine(p, static), inputs, targets)
 
     kwargs = {} if adjoint is None else {"adjoint": adjoint}
+    if progress_meter is not None:
+        kwargs["progress_meter"] = progress_meter
     if loss_threshold is not None:
         kwargs["event"] = diffrax.Event(
             lambda t, p, args, **kw: loss(eqx.combine(p, static), inputs, targets) < loss_threshold

@@ -415,3 +415,20 @@ def test_minibatch_descent_is_shuffled_sgd_epoch_by_epoch():
         fs.Minibatches(4, 3)
     with pytest.raises(ValueError, match="batches"):
         fs.gradient_descent(net, x, y, 0.1, 3, batches=4)
+
+
+def test_progress_meter_reports_and_changes_nothing(capsys):
+    import diffrax
+    import equinox as eqx
+
+    x, y = fs.experiments.two_point_data(x0=-0.5)
+    net = models.MLP(1, 1, 8, 2, "tanh", key=jax.random.key(0))
+    ts = np.linspace(0.0, 2.0, 5)
+    plain = fs.gradient_flow(net, x, y, 2.0, ts=ts, layer=1)
+    shown = fs.gradient_flow(net, x, y, 2.0, ts=ts, layer=1, progress_meter=diffrax.TextProgressMeter())
+    assert "100.00%" in capsys.readouterr().out
+    for k in ("h", "y", "w", "loss"):
+        np.testing.assert_array_equal(np.asarray(shown.observed[k]), np.asarray(plain.observed[k]))
+    nets = eqx.filter_vmap(lambda k: models.MLP(1, 1, 8, 2, "tanh", key=k))(jax.random.split(jax.random.key(1), 2))
+    ens = fs.ensemble_flow(nets, x, y, 2.0, ts=ts, layer=1, progress_meter=diffrax.TextProgressMeter())
+    assert "100.00%" in capsys.readouterr().out and ens.observed["h"].shape == (2, 5)
