@@ -170,7 +170,7 @@ def _trajectory(solve: _Solver, rates, start, data: _Data):
     else:
         field = solve.vector_field
         term = diffrax.ODETerm(lambda t, s, c: field(s, c.eta_h, c.eta_y, c.dx2, c.dy2))
-    # Saved interval by interval: no host callback, so the fit's program can be stored for fresh processes.
+    # Saved by the solver itself: no host callback, so the fit's program can be stored for fresh processes.
     sol = solve_saving_at(term, solve.solver, data.ts[0], data.ts, start, consts,
                           diffrax.PIDController(rtol=solve.rtol, atol=solve.atol), solve.max_steps,
                           adjoint=diffrax.ForwardMode())

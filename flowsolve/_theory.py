@@ -501,7 +501,7 @@ def _solve(theory, state0, t0, t1, ts, solver, rtol, atol, max_steps, m0, eta_me
         _, _, h_inf = theory.fixed_point(state0[0], state0[1])
         rate = jnp.minimum(*theory.convergence_rates(h_inf))
         event = diffrax.Event(_steady_state(theory, rate, rtol, atol))
-    # Saved interval by interval (through the save times, on to t1): no host callback in the program,
+    # Saved by the solver itself (at the save times, then on to t1): no host callback in the program,
     # so that JAX's persistent cache can keep it for the next process. After a steady-state stop the
     # later save times hold the final state (it moves less than the tolerance from there on).
     saved = solve_saving_at(diffrax.ODETerm(_regular_vector_field), solver, t0, jnp.append(ts, t1), y0, theory,
