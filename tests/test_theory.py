@@ -424,3 +424,31 @@ def test_solves_carry_no_host_callback():
     # Outside a trace, a failure still raises, with the result's message.
     with pytest.raises(eqx.EquinoxRuntimeError, match="solve_theory failed: The maximum number of solver steps"):
         solve_theory(theory, [0.1, 0.0, 0.0], 100.0, max_steps=3)
+
+
+@pytest.mark.parametrize("solver", [diffrax.Tsit5(), diffrax.Kvaerno5()], ids=["Tsit5", "Kvaerno5"])
+@pytest.mark.parametrize("n", [7, 400])  # 400 save times: more than one step may pass (its window)
+def test_recorded_saves_equal_diffrax_saveat(solver, n):
+    from flowsolve._saving import solve_saving_at
+
+    term = diffrax.ODETerm(lambda t, y, a: jnp.stack([y[1], -a * jnp.sin(y[0])]))
+    ts = jnp.linspace(0.0, 10.0, n)
+    controller = diffrax.PIDController(rtol=1e-8, atol=1e-10)
+    y0 = jnp.array([1.0, 0.0])
+    got = solve_saving_at(term, solver, 0.0, ts, y0, 2.0, controller, 10_000)
+    want = diffrax.diffeqsolve(term, solver, 0.0, 10.0, None, y0, args=2.0, saveat=diffrax.SaveAt(ts=ts),
+                               stepsize_controller=controller, max_steps=10_000)
+    # Where no step passes more save times than the window holds, the very same steps and values.
+    np.testing.assert_allclose(np.asarray(got.ys), np.asarray(want.ys), rtol=1e-7 if n > 100 else 1e-13,
+                               atol=1e-9 if n > 100 else 1e-13)
+    if n < 100:
+        assert int(got.stats["num_steps"]) == int(want.stats["num_steps"])
+    assert bool(got.reached.all()) and bool(got.result == diffrax.RESULTS.successful)
+    # An event stops it: the later save times hold the state where it stopped, and say so.
+    event = diffrax.Event(lambda t, y, args, **kw: t > 4.0)
+    stopped = solve_saving_at(term, solver, 0.0, ts, y0, 2.0, controller, 10_000, event=event)
+    assert bool(stopped.stopped) and bool(stopped.result == diffrax.RESULTS.successful)
+    late = np.asarray(ts) > float(stopped.t_final)
+    assert not np.asarray(stopped.reached)[late].any() and np.asarray(stopped.reached)[~late].all()
+    np.testing.assert_array_equal(np.asarray(stopped.ys)[late], np.broadcast_to(np.asarray(stopped.ys)[-1],
+                                                                                 np.asarray(stopped.ys)[late].shape))
