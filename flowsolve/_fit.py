@@ -186,7 +186,7 @@ def _residuals(params, args):
     layout, solve, data = args
     rates, start, eta_mean, m0 = _unpack(layout, params, data)
     states, _, _ = _trajectory(solve, rates, start, data)
-    r = (states - data.observed) / data.scale * data.sqrt_weights
+    r = (states - data.observed) / data.scale[None, :] * data.sqrt_weights
     r = jnp.where(jnp.isfinite(r), r, _PENALTY).reshape(-1)
     if layout.fit_mean:
         m = m0 * jnp.exp(-2 * eta_mean * (data.ts - data.ts[0]))

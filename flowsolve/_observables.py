@@ -211,7 +211,7 @@ def pairwise_observables(
     dy = y_pred[..., j, :] - y_pred[..., i, :]
     h = jnp.sum(dh**2, axis=-1)
     y = jnp.sum(dy**2, axis=-1)
-    w = y - jnp.sum(dy_target * dy, axis=-1)
+    w = y - jnp.sum(jnp.broadcast_to(dy_target, dy.shape) * dy, axis=-1)  # over the time axes
     # pairs first, then time
     h, y, w = (jnp.moveaxis(v, -1, 0) for v in (h, y, w))
     return PairwiseObservables(pairs=jnp.stack([jnp.asarray(i), jnp.asarray(j)], axis=1), dx2=jnp.sum(dx**2, axis=1),

@@ -8,6 +8,8 @@ import jax
 os.environ.setdefault("FLOWSOLVE_CACHE", os.path.join(tempfile.gettempdir(), f"flowsolve-tests-{os.getuid()}"))
 
 jax.config.update("jax_enable_x64", True)
+# As diffrax's tests: an implicit broadcast of arrays of different ranks is an error, not a silent guess.
+jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 def pytest_configure(config):
