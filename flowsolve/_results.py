@@ -78,9 +78,12 @@ def raise_on_failure(result: RESULTS, what: str) -> None:
     JAX's persistent cache can store it.
     """
     import equinox as eqx
+    import jax
     import numpy as np
 
     failed = ~np.asarray(result == RESULTS.successful)
     if failed.any():
-        item = result if failed.ndim == 0 else type(result)(np.asarray(result._value)[failed].flat[0])
-        raise eqx.EquinoxRuntimeError(f"{what} failed: {RESULTS[item]}")
+        first = np.unravel_index(int(np.flatnonzero(failed)[0]), failed.shape) if failed.ndim else ()
+        item = jax.tree_util.tree_map(lambda v: v[first], result)
+        where = f" (member {first[0] if len(first) == 1 else first})" if failed.ndim else ""
+        raise eqx.EquinoxRuntimeError(f"{what} failed{where}: {RESULTS[item]}")

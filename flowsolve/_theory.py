@@ -276,7 +276,9 @@ def solve_theory(
     **Arguments:**
 
     - `theory`: the `EffectiveTheory`.
-    - `state0`: the initial `[h0, y0, w0]`, admissible: `h0 > 0`, `y0 ≥ 0`, `(y0 − w0)² ≤ dy2·y0`.
+    - `state0`: the initial `[h0, y0, w0]`, admissible: `h0 > 0`, `y0 ≥ 0`, `(y0 − w0)² ≤ dy2·y0`; or
+      many of them, shape `(batch, 3)`, solved by `solve_theory_batch` (not in lockstep with the stiffest;
+      `throw` then raises for the first member that failed, after all are solved).
     - `t1`: the final time (`t1 > t0`).
 
     **Other arguments:**
@@ -318,6 +320,14 @@ def solve_theory(
     """
     if not isinstance(theory, EffectiveTheory):
         raise ValueError(f"`theory` must be an EffectiveTheory, got {type(theory).__name__}.")
+    if np.ndim(state0) == 2 and is_concrete((theory, state0)):
+        # Many starts: the batch path, which does not step in lockstep with its stiffest member.
+        sol = solve_theory_batch(theory, state0, t1, t0=t0, ts=ts, solver=solver, rtol=rtol, atol=atol,
+                                 max_steps=max_steps, m0=m0, eta_mean=eta_mean, adjoint=adjoint,
+                                 stop_at_steady_state=stop_at_steady_state)
+        if throw:
+            raise_on_failure(sol.result, "solve_theory")
+        return sol
     check_shape("state0", state0, (3,))
     _check_state(theory, state0)
     check_finite("t0", t0)
