@@ -252,7 +252,7 @@ def test_fixed_point_bad_start(h0, y0, match):
         ([1.0, float("inf"), 0.0], {}, "finite"),
         ([1e300, 0.0, 0.0], {}, "too large"),
         ([1.0, 0.1], {}, "shape"),
-        ([[1.0, 0.1, 0.0]], {}, "shape"),
+        ([[[1.0, 0.1, 0.0]]], {}, "shape"),  # (1, 3) is a batch of one start
         ([1.0, 0.1, 0.0], dict(t1=0.0), "t1"),
         ([1.0, 0.1, 0.0], dict(t1=-1.0, t0=0.0), "t1"),
         ([1.0, 0.1, 0.0], dict(t1=float("nan")), "t1"),
