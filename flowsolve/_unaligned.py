@@ -21,6 +21,7 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._custom_types import RealScalarLike
@@ -160,7 +161,8 @@ def solve_unaligned(
     **Other arguments:** `ts` (default 101 evenly spaced), `solver` (default `diffrax.Tsit5()`),
     `rtol`, `atol`, `max_steps`, `throw` (raise on a failed solve; else reported in `result`).
 
-    **Raises:** `ValueError` naming the argument for an inadmissible or ill-shaped input.
+    **Raises:** `ValueError` naming the argument for an inadmissible or ill-shaped input. Traced (under
+    `jit`/`vmap`) bad values are a per-member `result` instead: `inadmissible_state` or `invalid_input`.
 
     !!! example
 
@@ -181,9 +183,17 @@ def solve_unaligned(
         raise ValueError(f"`t1` must be > 0, got {float(t1_c)!r}.")
     if not (isinstance(max_steps, int) and max_steps > 0):
         raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
+    if not (rtol > 0 and atol > 0):
+        raise ValueError(f"`rtol` and `atol` must be > 0, got rtol={rtol!r}, atol={atol!r}.")
     dtype = theory.eta_h.dtype
     t1 = jnp.asarray(t1, dtype)
     ts = jnp.linspace(0.0, t1, 101, dtype=dtype) if ts is None else jnp.asarray(ts, dtype)
+    if ts.ndim != 1 or ts.shape[0] < 1:
+        raise ValueError(f"`ts` must be a non-empty 1-d array of times, got shape {ts.shape}.")
+    ts_c = concrete_array(ts)
+    if ts_c is not None and (not np.all(np.isfinite(ts_c)) or np.any(np.diff(ts_c) < 0) or ts_c[0] < 0
+                             or (t1_c is not None and ts_c[-1] > t1_c)):
+        raise ValueError("`ts` must be finite, non-decreasing and lie in [0, t1].")
     concrete = is_concrete((theory, state0, q0, t1, ts))
     sol = _solve(theory, jnp.asarray(state0, dtype), jnp.asarray(q0, dtype), t1, ts,
                  diffrax.Tsit5() if solver is None else solver, rtol, atol, max_steps, throw and not concrete)
@@ -197,7 +207,8 @@ def _solve(theory, state0, q0, t1, ts, solver, rtol, atol, max_steps, throw) -> 
     h0, y0, w0 = state0[0], state0[1], state0[2]
     p0 = _to_pq(theory, y0, w0)
     admissible = (h0 > 0) & (q0 * h0 >= p0**2 * (1 - 1e-9)) & jnp.all(jnp.isfinite(state0)) & jnp.isfinite(q0)
-    okay = admissible & theory.valid & (theory.dy2 > 0) & jnp.isfinite(t1) & (t1 > 0)
+    times_ok = jnp.all(jnp.isfinite(ts)) & jnp.all(jnp.diff(ts) >= 0) & (ts[0] >= 0) & (ts[-1] <= t1)
+    okay = admissible & theory.valid & (theory.dy2 > 0) & jnp.isfinite(t1) & (t1 > 0) & times_ok
     stand_in = EffectiveTheory(1.0, 1.0, 1.0, 0.5)
     theory = jax.tree_util.tree_map(lambda a, b: jnp.where(okay, a, jnp.asarray(b, a.dtype)), theory, stand_in)
     y_init = jnp.where(okay, jnp.stack([h0, p0, q0]), jnp.asarray([1.0, 0.0, 1.0], state0.dtype))

@@ -278,9 +278,25 @@ def test_the_unaligned_model_refuses_bad_input():
         fs.solve_unaligned(theory, [0.3, 0.01, 0.5], 1.0, 10.0)
     with pytest.raises(ValueError, match="dy2"):
         fs.solve_unaligned(fs.EffectiveTheory(0.5, 0.5, 1.0, 0.0), [0.3, 0.0, 0.0], 1.0, 10.0)
+    good = [0.3, 0.01, 0.01 + 0.5**0.5 * 0.1]
+    for ts in ([0.0, 5.0, 2.0], [0.0, 11.0], [-1.0, 2.0], [0.0, float("nan")]):
+        with pytest.raises(ValueError, match="`ts` must be"):
+            fs.solve_unaligned(theory, good, 2.0, 10.0, ts=ts)
+    with pytest.raises(ValueError, match="`t1` must be > 0"):
+        fs.solve_unaligned(theory, good, 2.0, 0.0)
+    with pytest.raises(ValueError, match="rtol"):
+        fs.solve_unaligned(theory, good, 2.0, 10.0, rtol=0.0)
+    with pytest.raises(ValueError, match="q0"):
+        fs.unaligned_fixed_point(theory, good, 0.001)
+    with pytest.raises(ValueError, match="state0"):
+        fs.unaligned_fixed_point(theory, [0.0, 0.01, 0.08], 2.0)
     # Traced, a bad point is a status code in its own batch member, never a crash of the batch.
     q0 = jnp.array([2.0, 1e-4])
     sols = jax.vmap(lambda q: fs.solve_unaligned(theory, jnp.array([0.3, 0.01, 0.01 + 0.5**0.5 * 0.1]), q, 10.0, throw=False))(q0)
     np.testing.assert_array_equal(np.asarray(sols.result == fs.RESULTS.successful), [True, False])
     np.testing.assert_array_equal(np.asarray(sols.result == fs.RESULTS.inadmissible_state), [False, True])
     assert np.isnan(np.asarray(sols.h[1])).all() and np.isfinite(np.asarray(sols.h[0])).all()
+    # Traced times out of order: that member is invalid_input, not a silent misreading.
+    times = jnp.array([[0.0, 5.0, 10.0], [0.0, 5.0, 2.0]])
+    sols = jax.vmap(lambda t: fs.solve_unaligned(theory, jnp.array(good), 2.0, 10.0, ts=t, throw=False))(times)
+    np.testing.assert_array_equal(np.asarray(sols.result == fs.RESULTS.invalid_input), [False, True])
