@@ -51,20 +51,12 @@ def _options(
     del version
     if not cache:
         return
-    folder = pathlib.Path(os.environ.get("FLOWSOLVE_CACHE") or pathlib.Path.home() / ".cache" / "flowsolve")
-    try:
-        folder.expanduser().mkdir(parents=True, exist_ok=True)
+    from ._compile_cache import enable_compilation_cache
+
+    try:  # for this process: a command run in-process (e.g. by tests) turns it on for its caller too
+        enable_compilation_cache()
     except OSError as e:  # an unwritable cache folder costs speed, not the run
         typer.echo(f"warning: compilation cache off ({e})", err=True)
-        return
-    if "jax" in sys.modules:
-        from ._compile_cache import enable_compilation_cache
-
-        enable_compilation_cache(folder)
-    else:  # JAX reads these when it is imported (not before a command needs it)
-        os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(folder.expanduser()))
-        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 def _rkc():

@@ -18,6 +18,7 @@ def cli(*args, timeout=600, cwd=ROOT):
 
 
 def test_help_and_version():
+    # (In-process runs pass --no-cache: the cache is the process's, and this one runs other tests.)
     # The installed entry point once; each command's help in this process (a subprocess each would pay
     # the imports again).
     from typer.testing import CliRunner
@@ -28,7 +29,7 @@ def test_help_and_version():
     assert proc.returncode == 0 and "--no-cache" in proc.stdout and "--version" in proc.stdout
     for command in ("demo", "theory", "flow", "fit", "sweep", "reproduce"):
         assert command in proc.stdout
-        sub = CliRunner().invoke(app, [command, "--help"])
+        sub = CliRunner().invoke(app, ["--no-cache", command, "--help"])
         assert sub.exit_code == 0 and "--out" in sub.output, command
     version = CliRunner().invoke(app, ["--version"])
     assert version.exit_code == 0 and version.output.startswith("flowsolve ")
@@ -227,7 +228,7 @@ def test_bad_sweep_files_are_one_line(tmp_path, text, match):
 
     config = tmp_path / "sweep.toml"
     config.write_text(text)
-    result = CliRunner().invoke(app, ["sweep", str(config), "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(app, ["--no-cache", "sweep", str(config), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2, result.output
     assert match in result.output and "Traceback" not in result.output, result.output
 
@@ -270,7 +271,7 @@ def test_bad_fit_data_is_one_line(tmp_path, content, match):
         data = tmp_path
     else:
         data.write_text(content)
-    result = CliRunner().invoke(app, ["fit", str(data), "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(app, ["--no-cache", "fit", str(data), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and match in result.output and "Traceback" not in result.output, result.output
 
 
@@ -285,17 +286,17 @@ def test_sweep_store_faults_on_the_command_line(tmp_path):
     config.write_text('kind = "theory"\nt1 = 5.0\nsamples = 5\n[axes]\neta_h = [0.5, 1.0]\n')
     (tmp_path / "f").mkdir()
     (tmp_path / "f" / "store").write_text("a file")
-    result = CliRunner().invoke(app, ["sweep", str(config), "--out", str(tmp_path / "f")])
+    result = CliRunner().invoke(app, ["--no-cache", "sweep", str(config), "--out", str(tmp_path / "f")])
     assert result.exit_code == 2 and "is a file, not a folder" in result.output, result.output
     (tmp_path / "d" / "sweep.nc").mkdir(parents=True)  # the result file cannot be written: said before computing
-    result = CliRunner().invoke(app, ["sweep", str(config), "--out", str(tmp_path / "d")])
+    result = CliRunner().invoke(app, ["--no-cache", "sweep", str(config), "--out", str(tmp_path / "d")])
     assert result.exit_code == 2 and "cannot write the output file" in result.output, result.output
     assert not (tmp_path / "d" / "store").exists()
-    first = CliRunner().invoke(app, ["sweep", str(config), "--out", str(tmp_path / "o")])
+    first = CliRunner().invoke(app, ["--no-cache", "sweep", str(config), "--out", str(tmp_path / "o")])
     assert first.exit_code == 0, first.output
     chunk = sorted((tmp_path / "o" / "store").glob("chunk-*.nc"))[0]
     chunk.write_bytes(chunk.read_bytes()[:100])
-    again = CliRunner().invoke(app, ["sweep", str(config), "--out", str(tmp_path / "o")])
+    again = CliRunner().invoke(app, ["--no-cache", "sweep", str(config), "--out", str(tmp_path / "o")])
     assert again.exit_code == 0, again.output
     assert "warning: The store" in again.output and f"{chunk.name}: unreadable" in again.output
     final = lambda out: [line for line in out.splitlines() if line.startswith("final h")]  # noqa: E731
