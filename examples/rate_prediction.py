@@ -18,7 +18,7 @@ from the network's own state at t = 0, each candidate prediction against the net
 Error: the worst normalised error (RMSE/range) of h, y, w, as the fit's. Target: within 1.5× of the
 fitted theory's error, and the final ‖dh‖² within 10 % of the network's.
 
-    python examples/rate_prediction.py --out docs/results/alignment     # ~1 min; needs alignment_trajectories.csv
+    python examples/rate_prediction.py --out docs/results/alignment     # about 2 min on 2 cores; needs alignment_trajectories.csv
 
 Writes `prediction.csv`, `prediction.md` and `prediction.png` into `--out`.
 """
