@@ -40,7 +40,7 @@ from ._observables import (
 )
 from ._results import result_name as result_name, RESULTS as RESULTS
 from ._rkc import RKC as RKC
-from ._sweep import sweep as sweep
+from ._sweep import StoreWarning as StoreWarning, sweep as sweep
 from ._unaligned import (
     solve_unaligned as solve_unaligned,
     unaligned_fixed_point as unaligned_fixed_point,

@@ -572,7 +572,7 @@ def sweep_command(
         # `settings` makes the store refuse a rerun whose file changed t1, rtol, the setting or `base`.
         import warnings
 
-        from ._store import StoreWarning
+        from ._sweep import StoreWarning
 
         with warnings.catch_warnings(record=True) as said:
             warnings.simplefilter("always", StoreWarning)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import flowsolve as fs
-from flowsolve import _store
+from flowsolve._sweep import _store
 
 AXES = {"a": np.linspace(0.1, 2.0, 24)}
 CHUNK = 3  # 8 chunks
@@ -188,7 +188,7 @@ _CHILD = textwrap.dedent("""
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp, numpy as np
     import flowsolve as fs
-    from flowsolve import _store
+    from flowsolve._sweep import _store
 
     store, log, which = sys.argv[1], sys.argv[2], sys.argv[3]
     slow_write = _store._fsync

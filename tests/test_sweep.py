@@ -253,6 +253,7 @@ def test_a_failing_point_is_flagged_and_the_rest_go_on():
 
 
 def test_sharded_over_four_host_devices_equals_unsharded(tmp_path):
+    """Four host devices, each integrating its own shard of every chunk: the same values as on one."""
     script = textwrap.dedent(
         f"""
         import jax, numpy as np
@@ -268,6 +269,24 @@ def test_sharded_over_four_host_devices_equals_unsharded(tmp_path):
         fs.sweep(heavy, {{"a": np.arange(1.0, 41.0)}}, memory_budget=30_000_000, progress=False,
                  callback=lambda c, n: calls.append(n))
         print("CHUNKS", calls[0])
+        # Each device runs its shard to the end: no collective in the chunk's program (a vmapped solve
+        # over the sharded chunk, in lockstep, all-reduces its loops' conditions at every step).
+        from flowsolve._sweep._chunking import _programs, chunk_program, point_sharding
+        sharding = point_sharding(jax.devices())
+        example = {{k: jax.ShapeDtypeStruct((8,), np.float64, sharding=sharding) for k in AXES}}
+        per_device, lockstep = _programs(final_distance, (), False, sharding, None)
+        assert chunk_program(final_distance, {{}}, False, sharding, None, example) is per_device
+        ops = ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")
+        count = lambda p: sum(p.lower(example).compile().as_text().count(op) for op in ops)
+        print("COLLECTIVES", count(per_device), count(lockstep) > 0)
+        # A fit cannot be traced under shard_map (lineax's linear solve): the lockstep program, said once.
+        import warnings
+        from test_sweep import recovered_rates
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fits = fs.sweep(recovered_rates, {{"eta_h": [1.0, 2.0, 2.5, 3.0]}}, progress=False)
+        print("FITS", np.round(fits.fit_eta_h.values[:3], 6).tolist(), fits.invalid.values.tolist())
+        print("WARNED", [str(w.message)[:40] for w in caught if w.category is RuntimeWarning])
         """
     )
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
@@ -275,6 +294,9 @@ def test_sharded_over_four_host_devices_equals_unsharded(tmp_path):
     here = fs.sweep(final_distance, AXES, chunk_size=5, progress=False)
     np.testing.assert_allclose(np.load(tmp_path / "h.npy"), here.h.values, rtol=1e-12, atol=1e-14)
     assert "CHUNKS 2" in proc.stdout  # the budget is per device: chunks of 4 × 7 points (28 + 12)
+    assert "COLLECTIVES 0 True" in proc.stdout, proc.stdout
+    assert "FITS [1.0, 2.0, 2.5] [False, False, False, True]" in proc.stdout, proc.stdout
+    assert "WARNED ['`fn` cannot run per device under jax.sha']" in proc.stdout, proc.stdout
 
 
 def heavy(p):
