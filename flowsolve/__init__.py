@@ -9,12 +9,7 @@ from typing import TYPE_CHECKING
 
 from . import plot as plot
 from ._compile_cache import enable_compilation_cache as enable_compilation_cache
-from ._fit import (
-    fit_effective_rates as fit_effective_rates,
-    fit_network as fit_network,
-    FitResult as FitResult,
-    NetworkFit as NetworkFit,
-)
+from ._fit import fit_effective_rates as fit_effective_rates, FitResult as FitResult
 from ._kernels import (
     EffectiveRates as EffectiveRates,
     predict_effective_rates as predict_effective_rates,
@@ -30,6 +25,7 @@ from ._flow import (
     mse_loss as mse_loss,
     two_point_observer as two_point_observer,
 )
+from ._network import fit_network as fit_network, NetworkFit as NetworkFit
 from ._observables import (
     pair_distances as pair_distances,
     pairwise_observables as pairwise_observables,

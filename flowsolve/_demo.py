@@ -41,7 +41,6 @@ def _fit_and_predict(ts, observed, fixed_point):
 
 def run_network(width: int | None, rtol: float, seed: int, out: pathlib.Path) -> None:
     import jax.numpy as jnp
-    import numpy as np
 
     from . import experiments, symbolic
     from ._flow import gradient_descent, gradient_flow
@@ -174,6 +173,3 @@ def _plot(results, out):
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
-
-if __name__ == "__main__":
-    main()

@@ -12,7 +12,6 @@ from jaxtyping import Array, ArrayLike, Float
 from ._custom_types import RealScalarLike
 from ._flow import _prepare, FlowSolution, integrate_parameters, Loss, Observer, pid_controller
 from ._results import RESULTS
-from ._rkc import RKC
 from ._validation import concrete_array, is_concrete
 
 

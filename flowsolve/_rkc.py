@@ -19,7 +19,6 @@ from typing import ClassVar
 
 import diffrax
 import equinox as eqx
-import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu

@@ -152,9 +152,13 @@ class EffectiveTheory(eqx.Module):
         - `t`: gradient-flow time(s) at which `state` is taken.
         """
         state = jnp.asarray(state)
-        y, w = state[..., 1], state[..., 2]
         m = m0 * jnp.exp(-2 * eta_mean * jnp.asarray(t))
-        return 0.5 * m + jnp.maximum(0.25 * (w + 0.5 * (self.dy2 - y)), 0.0)
+        return theory_loss(m, state[..., 1], state[..., 2], self.dy2)
+
+
+def theory_loss(m: ArrayLike, y: ArrayLike, w: ArrayLike, dy2: ArrayLike) -> Array:
+    """`L = ½·m + ¼·(w + ½·(dy2 − y))`, the second term clamped at 0 against rounding (`EffectiveTheory.loss`)."""
+    return 0.5 * m + jnp.maximum(0.25 * (w + 0.5 * (dy2 - y)), 0.0)
 
 
 def _positive_root(a_high, a_low):

@@ -1,6 +1,7 @@
 """fit_effective_rates and fit_network: recovery, standard errors, batching, real flows, bad input."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -246,6 +247,21 @@ def test_bad_input(change, match):
     change(data)
     with pytest.raises(ValueError, match=match):
         fs.fit_effective_rates(**data)
+    if "init" in data:
+        return
+    # The same checks, traced (inside jit: a sweep's point): a shape error raises when tracing, a
+    # value error makes the member invalid (one validation for both).
+    from flowsolve._fit._data import prepare
+
+    args = {k: data.get(k) for k in ("ts", "h", "y", "w", "dx2", "dy2", "m", "weights")}
+    try:
+        valid = jax.jit(lambda a: prepare(**a)[2])(args)
+    except ValueError as e:
+        assert re.search(match, str(e)), str(e)
+    else:
+        assert valid.tolist() == [False]
+    good = {k: _good().get(k) for k in args}
+    assert jax.jit(lambda a: prepare(**a)[2])(good).tolist() == [True]
 
 
 def test_fit_network_bad_input():
