@@ -13,7 +13,7 @@ import optax
 from jaxtyping import Array, ArrayLike, Float
 
 from ._custom_types import RealScalarLike
-from ._observables import two_point_observables
+from ._observables import squared_error_loss, two_point_observables
 from ._results import RESULTS
 from ._rkc import RKC
 from ._norms import rms_norm_nan_is_inf
@@ -59,8 +59,7 @@ def mse_loss(model, inputs: Array, targets: Array, *, key: Array | None = None) 
     else:
         keys = jax.random.split(key, inputs.shape[0])
         outputs, _ = jax.vmap(lambda x, k: model(x, key=k))(inputs, keys)
-    n = inputs.shape[0]
-    return 0.5 * jnp.mean(jnp.sum((outputs - targets).reshape(n, -1) ** 2, axis=1))
+    return squared_error_loss(outputs, targets)
 
 
 class TwoPointObserver(eqx.Module):
@@ -76,8 +75,7 @@ class TwoPointObserver(eqx.Module):
     def __call__(self, model, inputs, targets) -> dict[str, Array]:
         outputs, hiddens = jax.vmap(model)(inputs)
         h, y, w, m = two_point_observables(inputs, targets, hiddens[self.layer], outputs)
-        loss = 0.5 * jnp.mean(jnp.sum((outputs - targets).reshape(2, -1) ** 2, axis=1))
-        return {"loss": loss, "h": h, "y": y, "w": w, "m": m}
+        return {"loss": squared_error_loss(outputs, targets), "h": h, "y": y, "w": w, "m": m}
 
 
 def two_point_observer(layer: int) -> Observer:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._observables import two_point_observables
+from ._observables import squared_error_loss, two_point_observables
 from ._validation import concrete_array
 
 
@@ -210,7 +210,7 @@ class RatesObserver(eqx.Module):
         rates = _rates(encoder, decoder, inputs, targets)
         outputs, hiddens = jax.vmap(model)(inputs)
         h, y, w, m = two_point_observables(inputs, targets, hiddens[self.layer], outputs)
-        loss = 0.5 * jnp.mean(jnp.sum((outputs - targets).reshape(2, -1) ** 2, axis=1))
+        loss = squared_error_loss(outputs, targets)
         return {"eta_h": rates.eta_h, "eta_y": rates.eta_y, "eta_mean": rates.eta_mean,
                 "cos_theta": rates.cos_theta, "decoder_sq_norm": rates.decoder_sq_norm, "h": h, "y": y, "w": w, "m": m, "loss": loss}
 

@@ -35,6 +35,13 @@ def _flat_pairs(name: str, value: ArrayLike, n: int | None = 2) -> Array:
     return arr.reshape(arr.shape[0], -1)
 
 
+def squared_error_loss(outputs: Array, targets: Array) -> Array:
+    """`½ · mean over points of ‖ŷ − y*‖²` (THEORY.md §1), points on the leading axis: the training
+    loss of `mse_loss` and the `loss` the observers record."""
+    n = outputs.shape[0]
+    return 0.5 * jnp.mean(jnp.sum((outputs - targets).reshape(n, -1) ** 2, axis=1))
+
+
 def pair_distances(x: Float[ArrayLike, "2 ..."], y_target: Float[ArrayLike, "2 ..."]) -> tuple[Array, Array]:
     """`(dx2, dy2)`: the squared input and target distances of two points (leading axis 2)."""
     x = _flat_pairs("x", x)

@@ -83,12 +83,9 @@ class EffectiveTheory(eqx.Module):
         Singular at `h = 0`; `solve_theory` integrates the regular coordinates instead.
         """
         del t, args
-        h, y, w = state[0], state[1], state[2]
-        eh, ey, dx2, dy2 = self.eta_h, self.eta_y, self.dx2, self.dy2
-        dh = -eh * dx2 * w
-        dy = -w * (ey * h + eh * dx2 * y / h)
-        dw = -0.5 * ey * (3 * w - y + dy2) * h - 0.5 * eh * dx2 * (y + w) * w / h
-        return jnp.stack([dh, dy, dw])
+        dh, dy_decoder, dy_encoder, dw_decoder, dw_encoder = vector_field_terms(
+            jnp.asarray(state), self.eta_h, self.eta_y, self.dx2, self.dy2)
+        return jnp.stack([dh, dy_decoder + dy_encoder, dw_decoder + dw_encoder])
 
     def conserved(self, h: ArrayLike, y: ArrayLike) -> Array:
         """The conserved quantity `Q = h − (η_h/η_y)·dx2·y/h` (`THEORY.md` §3)."""
@@ -169,6 +166,20 @@ def _positive_root(a_high, a_low):
 
 # ----------------------------------------------------------------------------------------
 # Regular coordinates (THEORY.md §3, "Collisions")
+
+
+def vector_field_terms(state: Array, eta_h, eta_y, dx2, dy2) -> tuple[Array, Array, Array, Array, Array]:
+    """The five terms of `d/dt [h, y, w]` (`THEORY.md` §2): `dh = −η_h·dx2·w`; the decoder's and
+    the encoder's terms of `dy`, `−w·η_y·h` and `−w·η_h·dx2·y/h`; of `dw`, `−½·η_y·(3w − y + dy2)·h`
+    and `−½·η_h·dx2·(y + w)·w/h`. `EffectiveTheory.vector_field` sums them; `alternatives` scales them."""
+    h, y, w = state[0], state[1], state[2]
+    return (
+        -eta_h * dx2 * w,
+        -w * eta_y * h,
+        -w * eta_h * dx2 * y / h,
+        -0.5 * eta_y * (3 * w - y + dy2) * h,
+        -0.5 * eta_h * dx2 * (y + w) * w / h,
+    )
 
 
 def _regular_vector_field(t, state, theory: EffectiveTheory):

@@ -18,10 +18,13 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ._theory import vector_field_terms
+
 
 TERMS = ("dh", "dy_decoder", "dy_encoder", "dw_decoder", "dw_encoder")
-"""The five terms of the theory's vector field (`THEORY.md` §2), in the order of `ScaledTerms.factors`:
-`−η_h·dx2·w`, `−w·η_y·h`, `−w·η_h·dx2·y/h`, `−½·η_y·(3w − y + dy2)·h`, `−½·η_h·dx2·(y + w)·w/h`."""
+"""The five terms of the theory's vector field (`THEORY.md` §2; `flowsolve._theory.vector_field_terms`), in
+the order of `ScaledTerms.factors`: `−η_h·dx2·w`, `−w·η_y·h`, `−w·η_h·dx2·y/h`, `−½·η_y·(3w − y + dy2)·h`,
+`−½·η_h·dx2·(y + w)·w/h`."""
 
 
 class ScaledTerms(eqx.Module):
@@ -39,13 +42,8 @@ class ScaledTerms(eqx.Module):
         self.factors = jnp.asarray([float(factors.get(name, 1.0)) for name in TERMS])
 
     def __call__(self, state, eta_h, eta_y, dx2, dy2) -> Array:
-        h, y, w = state[0], state[1], state[2]
         f = self.factors.astype(state.dtype)
-        dh = -eta_h * dx2 * w
-        dy_decoder = -w * eta_y * h
-        dy_encoder = -w * eta_h * dx2 * y / h
-        dw_decoder = -0.5 * eta_y * (3 * w - y + dy2) * h
-        dw_encoder = -0.5 * eta_h * dx2 * (y + w) * w / h
+        dh, dy_decoder, dy_encoder, dw_decoder, dw_encoder = vector_field_terms(state, eta_h, eta_y, dx2, dy2)
         return jnp.stack([
             f[0] * dh,
             f[1] * dy_decoder + f[2] * dy_encoder,
