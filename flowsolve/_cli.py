@@ -559,14 +559,16 @@ def sweep_command(
         ts = np.linspace(0.0, float(t1), samples)
         static: list[str] = []
         settings: dict[str, Any] = {"kind": kind, "t1": float(t1), "samples": samples, "base": base}
+        from . import experiments
+
         if kind == "theory":
-            fn = _theory_point(base, ts)
+            fn = experiments.theory_point(ts, base)
         else:
             setting = cfg.get("setting", "default")
             _experiment(setting, 0, base.get("width"), base.get("depth"), None)  # validates the names
             static = [k for k in FLOW_STATIC if k in axes]
             rtol = float(cfg.get("rtol", 1e-5))
-            fn = _flow_point(setting, base, ts, rtol)
+            fn = experiments.flow_point(setting, ts, base, rtol=rtol)
             settings.update(setting=setting, rtol=rtol)
         name = cfg.get("name", config.stem)
         # `settings` makes the store refuse a rerun whose file changed t1, rtol, the setting or `base`.
@@ -595,98 +597,10 @@ def sweep_command(
         text = "\n".join(lines) + "\n"
         typer.echo(text, nl=False)
         (folder / "summary.txt").write_text(text)
-        _save(_sweep_figure(ds, list(axes)), folder / "sweep.png")
+        from .plot import sweep_final
+
+        _save(sweep_final(ds, list(axes)), folder / "sweep.png")
         typer.echo(f"wrote {folder / 'sweep.nc'}, {folder / 'sweep.png'}")
-
-
-def _theory_point(base: dict[str, Any], ts):
-    import jax.numpy as jnp
-
-    from ._results import RESULTS
-    from ._theory import EffectiveTheory, solve_theory
-
-    defaults = {"eta_h": 1.0, "eta_y": 1.0, "dx2": 1.0, "dy2": 0.5, "h0": 0.01, "y0": 0.0, "w0": 0.0}
-    defaults.update(base)
-    t1 = float(ts[-1])
-
-    def point(p):
-        q = {k: p.get(k, v) for k, v in defaults.items()}
-        model = EffectiveTheory(q["eta_h"], q["eta_y"], q["dx2"], q["dy2"])
-        sol = solve_theory(model, jnp.stack([jnp.asarray(q[k], float) for k in ("h0", "y0", "w0")]), t1,
-                           ts=jnp.asarray(ts), throw=False)
-        return {"h": sol.h, "y": sol.y, "w": sol.w, "loss": sol.loss, "ok": sol.result == RESULTS.successful}
-
-    return point
-
-
-def _flow_point(setting: str, base: dict[str, Any], ts, rtol: float):
-    import jax
-    import jax.numpy as jnp
-
-    from . import experiments
-    from ._flow import gradient_flow
-    from ._results import RESULTS
-
-    defaults = {"seed": 0, "gain": None, "dx2": experiments.DX2, "dy2": experiments.DY2,
-                "width": None, "depth": None}
-    defaults.update(base)
-    t1 = float(ts[-1])
-
-    def point(p):
-        q = {k: p.get(k, v) for k, v in defaults.items()}
-        exp = experiments.two_points(setting, key=jax.random.key(q["seed"]), width=q["width"], depth=q["depth"],
-                                     gain=q["gain"])
-        x = jnp.stack([jnp.array([-1.0]), -1.0 + jnp.sqrt(jnp.asarray(q["dx2"], float))[None]])
-        y = jnp.stack([jnp.array([0.6]), 0.6 + jnp.sqrt(jnp.asarray(q["dy2"], float))[None]])
-        sol = gradient_flow(exp.model, x, y, t1, ts=jnp.asarray(ts), layer=exp.layer, rtol=rtol, atol=1e-3 * rtol,
-                            throw=False)
-        return {**{k: sol.observed[k] for k in ("h", "y", "w", "loss")}, "ok": sol.result == RESULTS.successful}
-
-    return point
-
-
-def _sweep_figure(ds, axes: list[str]):
-    """Final h against the first axis, one labelled line per combination of the others (at most 12);
-    failed points (not ok, or not finite) marked with a red cross at their last finite value."""
-    import itertools
-
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    first, rest = axes[0], axes[1:]
-    order = (first, *rest)
-    final = ds.h.isel(time=-1).transpose(*order).values.reshape(len(ds[first]), -1)
-    failed = ~(ds.ok.values & ds.finite.values)
-    failed = np.transpose(failed, [axes.index(k) for k in order]).reshape(final.shape)
-    labels = [", ".join(f"{k}={v}" for k, v in zip(rest, combo))
-              for combo in itertools.product(*[ds[k].values.tolist() for k in rest])] or [None]
-    shown = min(final.shape[1], 12)
-    fig, ax = plt.subplots(figsize=(5.6, 3.8))
-    x = ds[first].values
-    for j in range(shown):
-        ax.plot(x, final[:, j], "o-", ms=3, label=labels[j])
-    bad_x, bad_h = np.nonzero(failed[:, :shown])
-    if bad_x.size:
-        last = np.array([_last_finite(ds.h, order, i, j) for i, j in zip(bad_x, bad_h)])
-        ax.plot(x[bad_x], last, "x", color="red", ms=7, mew=2, label=f"failed ({int(failed.sum())} points)")
-    title = f"{ds.attrs.get('name', 'sweep')}"
-    if rest and shown < final.shape[1]:
-        title += f" (first {shown} of {final.shape[1]} lines)"
-    ax.set(xlabel=first, ylabel="final h = ‖dh‖²", title=title)
-    if rest or bad_x.size:
-        ax.legend(fontsize=7, ncol=2 if shown > 6 else 1)
-    if np.issubdtype(np.asarray(x).dtype, np.number) and np.all(np.asarray(x) > 0) and x.max() / x.min() > 50:
-        ax.set_xscale("log")
-    return fig
-
-
-def _last_finite(h, order, i: int, j: int) -> float:
-    """The last finite value of the trajectory h at (first axis i, flattened other axes j); nan if none."""
-    import numpy as np
-
-    traj = h.transpose(*order, "time").values.reshape(h.sizes[order[0]], -1, h.sizes["time"])[i, j]
-    ok = np.isfinite(traj)
-    return float(traj[ok][-1]) if ok.any() else float("nan")
 
 
 EXAMPLES = {

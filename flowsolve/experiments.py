@@ -98,21 +98,23 @@ class TwoPointExperiment(NamedTuple):
         return self.setting.model == "DropoutMLP"
 
 
-def two_point_data(dx2: float = DX2, dy2: float = DY2, *, in_size: int = 1, out_size: int = 1, x0: float = -1.0,
+def two_point_data(dx2: float | Array = DX2, dy2: float | Array = DY2, *, in_size: int = 1, out_size: int = 1, x0: float = -1.0,
                    y0: float = 0.6, dtype=None) -> tuple[Array, Array]:
     """The paper's two points: inputs `x0` and `x0 + sqrt(dx2)`, targets `y0` and `y0 + sqrt(dy2)`,
     in every coordinate, each coordinate divided by sqrt(dim) when dim > 1.
 
     With the defaults the second input is 0: with zero biases every unit of every layer sits exactly on
-    the activation's kink at t = 0. Pass e.g. `x0=-0.5` to move both points off it.
+    the activation's kink at t = 0. Pass e.g. `x0=-0.5` to move both points off it. `dx2` and `dy2`
+    may be traced (a sweep's axes).
     """
-    if not dx2 > 0 or not dy2 >= 0:
+    if isinstance(dx2, (int, float)) and isinstance(dy2, (int, float)) and (not dx2 > 0 or not dy2 >= 0):
         raise ValueError(f"need dx2 > 0 and dy2 ≥ 0, got dx2={dx2!r}, dy2={dy2!r}.")
     dtype = dtype or jnp.result_type(float)
 
-    def pair(first: float, distance2: float, dim: int) -> Array:
+    def pair(first: float, distance2, dim: int) -> Array:
         scale = 1.0 / math.sqrt(dim)  # per coordinate, so that the squared distance is `distance2`
-        return jnp.array([[first * scale] * dim, [(first + math.sqrt(distance2)) * scale] * dim], dtype)
+        second = first + jnp.sqrt(jnp.asarray(distance2, dtype))  # an array: traced in a sweep's point
+        return jnp.stack([jnp.full((dim,), first * scale, dtype), jnp.full((dim,), second * scale, dtype)])
 
     x, y = pair(x0, dx2, in_size), pair(y0, dy2, out_size)
     return x, y
@@ -295,3 +297,49 @@ def load_idx(path) -> "np.ndarray":
         raise ValueError(f"{str(path)!r}: the header promises {expected} bytes of data for shape {shape}, "
                          f"the file holds {len(raw) - header}.")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def theory_point(ts, base: dict[str, Any] | None = None):
+    """A `flowsolve.sweep` point function: the theory solved at `ts` (from `ts[0] = 0` to `ts[-1]`) at
+    the point's values of `eta_h`, `eta_y`, `dx2`, `dy2`, `h0`, `y0`, `w0`; those not on an axis from
+    `base`, else 1, 1, 1, 0.5, 0.01, 0, 0. Outputs the trajectories `h`, `y`, `w`, `loss` and `ok`
+    (the solve succeeded)."""
+    from ._results import RESULTS
+    from ._theory import EffectiveTheory, solve_theory
+
+    defaults = {"eta_h": 1.0, "eta_y": 1.0, "dx2": 1.0, "dy2": 0.5, "h0": 0.01, "y0": 0.0, "w0": 0.0}
+    defaults.update(base or {})
+    ts = jnp.asarray(ts)
+
+    def point(p):
+        q = {k: p.get(k, v) for k, v in defaults.items()}
+        model = EffectiveTheory(q["eta_h"], q["eta_y"], q["dx2"], q["dy2"])
+        sol = solve_theory(model, jnp.stack([jnp.asarray(q[k], float) for k in ("h0", "y0", "w0")]), ts[-1],
+                           ts=ts, throw=False)
+        return {"h": sol.h, "y": sol.y, "w": sol.w, "loss": sol.loss, "ok": sol.result == RESULTS.successful}
+
+    return point
+
+
+def flow_point(setting: str, ts, base: dict[str, Any] | None = None, *, rtol: float = 1e-5):
+    """A `flowsolve.sweep` point function: the exact gradient flow of a two-point row (`two_points`)
+    observed at `ts`, at the point's `seed`, `gain`, `dx2`, `dy2` (batched axes) and `width`, `depth`
+    (static axes); those not on an axis from `base`, else seed 0, the row's gain, width and depth,
+    and the paper's distances. Tolerances `rtol` and `atol = 1e-3·rtol`. Outputs `h`, `y`, `w`, `loss`
+    and `ok` (the flow succeeded)."""
+    from ._flow import gradient_flow
+    from ._results import RESULTS
+
+    defaults = {"seed": 0, "gain": None, "dx2": DX2, "dy2": DY2, "width": None, "depth": None}
+    defaults.update(base or {})
+    ts = jnp.asarray(ts)
+
+    def point(p):
+        q = {k: p.get(k, v) for k, v in defaults.items()}
+        exp = two_points(setting, key=jax.random.key(q["seed"]), width=q["width"], depth=q["depth"], gain=q["gain"])
+        x, y = two_point_data(q["dx2"], q["dy2"])
+        sol = gradient_flow(exp.model, x, y, ts[-1], ts=ts, layer=exp.layer, rtol=rtol, atol=1e-3 * rtol,
+                            throw=False)
+        return {**{k: sol.observed[k] for k in ("h", "y", "w", "loss")}, "ok": sol.result == RESULTS.successful}
+
+    return point

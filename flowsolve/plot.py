@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["distance_matrices", "rich_lazy", "theory_vs_network", "trajectories"]
+__all__ = ["distance_matrices", "rich_lazy", "sweep_final", "theory_vs_network", "trajectories"]
 
 LABELS = {"h": "h = ‖dh‖²", "y": "y = ‖dŷ‖²", "w": "w", "loss": "loss", "m": "m"}
 
@@ -170,3 +170,47 @@ def rich_lazy(a_ratio: Any = None, h_ratio: Any = None, *, ax=None, label: str =
            title="rich (left) to lazy (right)")
     ax.legend(fontsize=8)
     return fig
+
+
+def sweep_final(ds: Any, axes: Sequence[str] | None = None):
+    """A sweep's final `h` (the dataset of `flowsolve.sweep` with an `h` over `time`, an `ok` and
+    `finite`, as `flowsolve sweep` writes it) against the first of `axes` (default: the dataset's
+    axes in order), one labelled line per combination of the others (at most 12); failed points (not
+    ok, or not finite) marked with a red cross at their last finite value."""
+    import itertools
+
+    import matplotlib.pyplot as plt
+
+    axes = list(axes) if axes is not None else [d for d in ds.h.dims if d != "time"]
+    first, rest = axes[0], axes[1:]
+    order = (first, *rest)
+    final = ds.h.isel(time=-1).transpose(*order).values.reshape(len(ds[first]), -1)
+    failed = ~(ds.ok.values & ds.finite.values)
+    failed = np.transpose(failed, [axes.index(k) for k in order]).reshape(final.shape)
+    labels = [", ".join(f"{k}={v}" for k, v in zip(rest, combo))
+              for combo in itertools.product(*[ds[k].values.tolist() for k in rest])] or [None]
+    shown = min(final.shape[1], 12)
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    x = ds[first].values
+    for j in range(shown):
+        ax.plot(x, final[:, j], "o-", ms=3, label=labels[j])
+    bad_x, bad_h = np.nonzero(failed[:, :shown])
+    if bad_x.size:
+        last = np.array([_last_finite(ds.h, order, i, j) for i, j in zip(bad_x, bad_h)])
+        ax.plot(x[bad_x], last, "x", color="red", ms=7, mew=2, label=f"failed ({int(failed.sum())} points)")
+    title = f"{ds.attrs.get('name', 'sweep')}"
+    if rest and shown < final.shape[1]:
+        title += f" (first {shown} of {final.shape[1]} lines)"
+    ax.set(xlabel=first, ylabel="final h = ‖dh‖²", title=title)
+    if rest or bad_x.size:
+        ax.legend(fontsize=7, ncol=2 if shown > 6 else 1)
+    if np.issubdtype(np.asarray(x).dtype, np.number) and np.all(np.asarray(x) > 0) and x.max() / x.min() > 50:
+        ax.set_xscale("log")
+    return fig
+
+
+def _last_finite(h, order, i: int, j: int) -> float:
+    """The last finite value of the trajectory h at (first axis i, flattened other axes j); nan if none."""
+    traj = h.transpose(*order, "time").values.reshape(h.sizes[order[0]], -1, h.sizes["time"])[i, j]
+    ok = np.isfinite(traj)
+    return float(traj[ok][-1]) if ok.any() else float("nan")

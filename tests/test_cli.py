@@ -92,7 +92,7 @@ def test_sweep_figure_labels_lines_and_marks_failures():
     matplotlib.use("Agg")
     import xarray as xr
 
-    from flowsolve._cli import _sweep_figure
+    from flowsolve.plot import sweep_final
 
     h = np.ones((3, 2, 2, 4))
     h[1, 0, 1, 2:] = np.nan  # one point fails half-way: marked at its last finite value
@@ -101,7 +101,7 @@ def test_sweep_figure_labels_lines_and_marks_failures():
                      "finite": (("seed", "width", "gain"), ok)},
                     coords={"seed": [0, 1, 2], "width": [8, 16], "gain": [0.5, 1.0], "time": np.arange(4.0)},
                     attrs={"name": "s"})
-    ax = _sweep_figure(ds, ["seed", "width", "gain"]).axes[0]
+    ax = sweep_final(ds, ["seed", "width", "gain"]).axes[0]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == ["width=8, gain=0.5", "width=8, gain=1.0", "width=16, gain=0.5", "width=16, gain=1.0",
                       "failed (1 points)"]
