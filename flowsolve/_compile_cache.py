@@ -119,15 +119,20 @@ def _export(fn: Callable, args: Sequence[Any]):
 _source_digest: str | None = None
 
 
+def _source_tree_digest(root: pathlib.Path) -> str:
+    """A digest of every Python file under `root`, subpackages included, each with its relative path."""
+    digest = hashlib.sha256()
+    for file in sorted(root.rglob("*.py")):
+        digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _package_version() -> str:
     """The version and a digest of this package's source: an exported program is reused only by the
     code that exported it (an edited source tree at the same version included)."""
     global _source_digest
     if _source_digest is None:
-        digest = hashlib.sha256()
-        for file in sorted(pathlib.Path(__file__).parent.glob("*.py")):
-            digest.update(file.name.encode() + file.read_bytes())
-        _source_digest = digest.hexdigest()[:16]
+        _source_digest = _source_tree_digest(pathlib.Path(__file__).parent)
     from . import __version__
 
     return f"{__version__}+{_source_digest}"

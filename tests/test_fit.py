@@ -312,6 +312,24 @@ def test_compilation_cache_serves_a_fresh_process(tmp_path):
     assert float(first[2]) == float(sol.h[-1])
 
 
+def test_exported_programs_are_keyed_by_every_source_file(tmp_path):
+    """An edit anywhere in the package, a subpackage's file included, changes the key under which
+    exported programs are stored, so an edited tree never reloads a program exported before the edit."""
+    from flowsolve._compile_cache import _source_tree_digest
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "top.py").write_text("a = 1\n")
+    (tmp_path / "sub" / "inner.py").write_text("b = 2\n")
+    before = _source_tree_digest(tmp_path)
+    assert _source_tree_digest(tmp_path) == before
+    (tmp_path / "sub" / "inner.py").write_text("b = 3\n")
+    assert _source_tree_digest(tmp_path) != before
+    (tmp_path / "sub" / "inner.py").write_text("b = 2\n")
+    assert _source_tree_digest(tmp_path) == before
+    (tmp_path / "sub" / "inner.py").rename(tmp_path / "sub" / "other.py")  # same bytes, another module
+    assert _source_tree_digest(tmp_path) != before
+
+
 def test_result_says_how_the_fit_went():
     """`result`: successful on the theory's own data; poor_fit when it converges on data the theory
     cannot follow; fit_not_converged when the optimiser runs out of steps (invalid_input, traced: in
