@@ -140,9 +140,9 @@ def main():
     bts = np.stack([b[0] for b in batch])
     bobs = np.stack([b[1] for b in batch])
     batch_rows = []
-    for label, options in [("one call, chunk 1 (the CPU default)", {"chunk": 1}),
-                           ("one call, all 64 vmapped", {"chunk": 64}),
-                           ("one call, chunk 1, fit_initial_state", {"chunk": 1, "fit_initial_state": True})]:
+    for label, options in [("one call, chunk 1 (the CPU default)", {"chunk_size": 1}),
+                           ("one call, all 64 vmapped", {"chunk_size": 64}),
+                           ("one call, chunk 1, fit_initial_state", {"chunk_size": 1, "fit_initial_state": True})]:
         fits = fs.fit_effective_rates(bts, bobs[:, 0], bobs[:, 1], bobs[:, 2], DX2, DY2, **options)
         fits.eta_h.block_until_ready()
         t = time.perf_counter()

@@ -4,7 +4,7 @@ The reduced theory (THEORY.md §2) assumes the decoder's gradient acts along the
 |cos θ| = 1 between dh and D_yᵀ·r̂ (`EffectiveRates.cos_theta`). The paper states it and does not
 measure it. For every MLP row of the authors' two-point settings (width 500; the paper's protocol:
 full-batch GD in float32 at lr/2 for twice the epochs, as `examples/paper.py`; seed 0), this records
-along the run the alignment and the instantaneous rates (`flowsolve.rates_observer`), fits the theory
+along the run the alignment and the instantaneous rates (`flowsolve.RatesObserver`), fits the theory
 (the same fit and restarts as `paper.py`) and sets the alignment against the fit's worst error. Beside
 each run, its lazy baseline: the same GD on the network's tangent model (`flowsolve.tangent_model`,
 the first-order Taylor expansion at initialisation, whose dynamics are the tangent kernel's), to show
@@ -51,7 +51,7 @@ def run(row: str, fast: bool) -> tuple[dict, list[dict]]:
     every = max(1, epochs // (30 if fast else SAMPLES))
     start = time.perf_counter()
     gd = fs.gradient_descent(exp.model, exp.inputs, exp.targets, lr, epochs, every=every, throw=False,
-                             observe=fs.rates_observer(exp.model, exp.layer))
+                             observe=fs.RatesObserver(exp.layer))
     lazy = fs.gradient_descent(fs.tangent_model(exp.model), exp.inputs, exp.targets, lr, epochs, every=every,
                                layer=exp.layer, throw=False)
     seconds = time.perf_counter() - start

@@ -58,7 +58,7 @@ def train_point(row: str, i: int, dx: float, dy: float, block: int, lr_factor: f
     exp = fs.experiments.two_points(row, key=jax.random.key(1000 + i), dtype=jnp.float32, **sizes)
     x, y = fs.experiments.two_point_data(dx**2, dy**2, dtype=jnp.float32)
     lr = exp.lr * lr_factor
-    observer = fs.two_point_observer(exp.layer)
+    observer = fs.TwoPointObserver(exp.layer)
     first = observer(exp.model, x, y)
     model, epochs, loss = exp.model, 0, float(first["loss"])
     start = time.perf_counter()

@@ -1,6 +1,6 @@
 """Instantaneous effective rates along the exact flow of a rich and a lazy network.
 
-Records κ_e(t)/(2·dx2), κ_d(t)/(2·h(t)) and κ̄(t)/4 (`flowsolve.rates_observer`) along the exact
+Records κ_e(t)/(2·dx2), κ_d(t)/(2·h(t)) and κ̄(t)/4 (`flowsolve.RatesObserver`) along the exact
 gradient flow of a tanh network (depth 20, observed layer 10) at a small gain (rich: the
 representation reorganises) and a large gain (lazy: it barely moves), and draws them next to the
 rates fitted to the whole trajectory. The theory assumes the rates are constant; this shows where.
@@ -40,7 +40,7 @@ def main():
         exp = fs.experiments.two_points("tanh", key=jax.random.key(0), width=args.width, gain=gain)
         ts = np.linspace(0.0, args.t1, 161)
         flow = fs.gradient_flow(exp.model, exp.inputs, exp.targets, args.t1, ts=ts,
-                                observe=fs.rates_observer(exp.model, exp.layer), rtol=1e-5, atol=1e-8)
+                                observe=fs.RatesObserver(exp.layer), rtol=1e-5, atol=1e-8)
         o = {k: np.asarray(v) for k, v in flow.observed.items()}
         fit = fs.fit_effective_rates(ts, o["h"], o["y"], o["w"], 1.0, 0.5, m=o["m"])
         print(f"{regime} (gain {gain}): h {o['h'][0]:.3g} → {o['h'][-1]:.3g}; fit errors "

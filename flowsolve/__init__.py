@@ -13,7 +13,6 @@ from ._fit import fit_effective_rates as fit_effective_rates, FitResult as FitRe
 from ._kernels import (
     EffectiveRates as EffectiveRates,
     predict_effective_rates as predict_effective_rates,
-    rates_observer as rates_observer,
     RatesObserver as RatesObserver,
 )
 from ._ensemble import ensemble_flow as ensemble_flow
@@ -23,7 +22,7 @@ from ._flow import (
     gradient_flow as gradient_flow,
     Minibatches as Minibatches,
     mse_loss as mse_loss,
-    two_point_observer as two_point_observer,
+    TwoPointObserver as TwoPointObserver,
 )
 from ._network import fit_network as fit_network, NetworkFit as NetworkFit
 from ._observables import (
@@ -34,6 +33,7 @@ from ._observables import (
     two_point_observables as two_point_observables,
     TwoPointObservables as TwoPointObservables,
 )
+from . import _renamed
 from ._results import result_name as result_name, RESULTS as RESULTS
 from ._rkc import RKC as RKC
 from ._sweep import StoreWarning as StoreWarning, sweep as sweep
@@ -63,6 +63,8 @@ def __getattr__(name: str):
     # a quarter of a second that a solve or a fit does not need.
     if name in _SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
+    if name in _renamed.RENAMED_ATTRIBUTES:
+        raise _renamed.renamed_attribute(name)
     raise AttributeError(f"module 'flowsolve' has no attribute {name!r}")
 
 

@@ -72,6 +72,10 @@ def call_cached(name: str, fn: Callable, key: Any, args: Sequence[Any]) -> list[
     directory = cache_dir()
     if directory is None:
         return None
+    if "<" in repr(key):
+        # A setting that holds a function or another object whose repr does not say what it computes
+        # (`<function norm>`, `<lambda>`): two different ones could share a key, so it is never stored.
+        return None
     from jax import export  # lazily: it needs `flatbuffers`
 
     shapes = [(np.shape(a), str(np.asarray(a).dtype) if not hasattr(a, "dtype") else str(a.dtype)) for a in args]

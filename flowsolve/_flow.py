@@ -13,7 +13,7 @@ import optax
 from jaxtyping import Array, ArrayLike, Float
 
 from ._custom_types import RealScalarLike
-from ._observables import squared_error_loss, two_point_observables
+from ._observables import check_layer, hidden_at, squared_error_loss, two_point_observables
 from ._results import RESULTS
 from ._rkc import RKC
 from ._norms import rms_norm_nan_is_inf
@@ -72,16 +72,13 @@ class TwoPointObserver(eqx.Module):
 
     layer: int = eqx.field(static=True)
 
+    def __check_init__(self):
+        check_layer(self.layer)
+
     def __call__(self, model, inputs, targets) -> dict[str, Array]:
         outputs, hiddens = jax.vmap(model)(inputs)
-        h, y, w, m = two_point_observables(inputs, targets, hiddens[self.layer], outputs)
+        h, y, w, m = two_point_observables(inputs, targets, hidden_at(hiddens, self.layer), outputs)
         return {"loss": squared_error_loss(outputs, targets), "h": h, "y": y, "w": w, "m": m}
-
-
-def two_point_observer(layer: int) -> Observer:
-    """An observer of the loss and the two-point `h, y, w, m` at hidden `layer` (see
-    `TwoPointObserver`); use it as `observe=`."""
-    return TwoPointObserver(layer)
 
 
 class _LossObserver(eqx.Module):
@@ -155,8 +152,11 @@ def _prepare(model, inputs, targets, observe, layer, loss) -> tuple[Array, Array
             f"The model's output has shape {output.shape} per point but `targets` has {targets.shape[1:]}."
         )
     if layer is not None:
-        if not isinstance(layer, int) or not -len(hiddens) <= layer < len(hiddens):
-            raise ValueError(f"`layer` must be an int in [{-len(hiddens)}, {len(hiddens) - 1}], got {layer!r}.")
+        if observe is not None:
+            raise ValueError("Pass `layer` or `observe`, not both: `layer` picks the default observer's layer "
+                             "(`TwoPointObserver(layer)`); an `observe` of your own says its layer itself.")
+        check_layer(layer)
+        hidden_at(hiddens, layer)
     loss = mse_loss if loss is None else loss
     if observe is None:
         if inputs.shape[0] == 2 and hiddens:
@@ -238,7 +238,7 @@ def gradient_flow(
 
     - `ts`: observation times in `[0, t1]`; default 101 evenly spaced.
     - `observe`: a dict name → `f(model, inputs, targets) -> array`, or one callable returning a dict.
-      Default: for two points, `two_point_observer(layer)` (loss and `h, y, w, m`); else the loss.
+      Default: for two points, `TwoPointObserver(layer)` (loss and `h, y, w, m`); else the loss.
     - `layer`: the observed hidden layer of the default observer (default: the middle one).
     - `loss`: `L(model, inputs, targets)`; default `mse_loss` (½·mean‖ŷ − y*‖², THEORY.md §1).
     - `solver`: an adaptive diffrax solver (default `diffrax.Tsit5()`), or `flowsolve.RKC()`, a

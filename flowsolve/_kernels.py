@@ -15,7 +15,6 @@ along v. Likewise the decoder moves the output difference by `−¼·κ_d·r` ag
 no Jacobian is ever materialised.
 """
 
-from typing import Any
 
 import equinox as eqx
 import jax
@@ -23,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._observables import squared_error_loss, two_point_observables
+from ._observables import check_layer, hidden_at, squared_error_loss, two_point_observables
 from ._validation import concrete_array
 
 
@@ -205,17 +204,15 @@ class RatesObserver(eqx.Module):
 
     layer: int = eqx.field(static=True)
 
+    def __check_init__(self):
+        check_layer(self.layer)
+
     def __call__(self, model, inputs, targets) -> dict[str, Array]:
-        encoder, decoder = model.split(self.layer)
-        rates = _rates(encoder, decoder, inputs, targets)
         outputs, hiddens = jax.vmap(model)(inputs)
-        h, y, w, m = two_point_observables(inputs, targets, hiddens[self.layer], outputs)
+        hidden = hidden_at(hiddens, self.layer)
+        encoder, decoder = _split(model, self.layer)
+        rates = _rates(encoder, decoder, inputs, targets)
+        h, y, w, m = two_point_observables(inputs, targets, hidden, outputs)
         loss = squared_error_loss(outputs, targets)
         return {"eta_h": rates.eta_h, "eta_y": rates.eta_y, "eta_mean": rates.eta_mean,
                 "cos_theta": rates.cos_theta, "decoder_sq_norm": rates.decoder_sq_norm, "h": h, "y": y, "w": w, "m": m, "loss": loss}
-
-
-def rates_observer(model: Any, layer: int) -> RatesObserver:
-    """A `RatesObserver` for `model` at `layer`, checked now (split defined, layer inside)."""
-    _split(model, layer)
-    return RatesObserver(layer)

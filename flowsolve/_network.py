@@ -93,7 +93,7 @@ def fit_network(
     if layer is None:
         _, hiddens = eqx.filter_eval_shape(model, inputs[0])
         layer = len(hiddens) // 2
-    flow = gradient_flow(model, inputs, targets, t1, ts=ts, observe=TwoPointObserver(layer), layer=layer,
+    flow = gradient_flow(model, inputs, targets, t1, ts=ts, observe=TwoPointObserver(layer),
                          **flow_options)
     obs = flow.observed
     fit = fit_effective_rates(flow.ts, obs["h"], obs["y"], obs["w"], dx2, dy2, m=obs["m"], **fit_options)

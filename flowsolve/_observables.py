@@ -1,6 +1,6 @@
 """Two-point observables of a network and the theory's pairwise prediction for N points."""
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -223,3 +223,19 @@ def pairwise_observables(
     h, y, w = (jnp.moveaxis(v, -1, 0) for v in (h, y, w))
     return PairwiseObservables(pairs=jnp.stack([jnp.asarray(i), jnp.asarray(j)], axis=1), dx2=jnp.sum(dx**2, axis=1),
                                dy2=jnp.sum(dy_target**2, axis=1), h=h, y=y, w=w)
+
+
+def check_layer(layer: Any) -> None:
+    """`layer` names a hidden layer: an int (not a bool), negative ones counting from the end."""
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise ValueError(f"`layer` must be an int (a hidden layer's index), got {layer!r}.")
+
+
+def hidden_at(hiddens: Any, layer: int) -> Array:
+    """The hidden representations of `layer`, with an error naming the allowed range when the model
+    has no such layer (checked when the flow is traced)."""
+    count = len(hiddens)
+    if not -count <= layer < count:
+        raise ValueError(f"`layer` {layer} is out of range: this model has {count} hidden layers "
+                         f"(indices {-count} to {count - 1}).")
+    return hiddens[layer]

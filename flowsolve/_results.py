@@ -23,12 +23,13 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "(Cauchy-Schwarz), with finite squares; no network has it, so nothing was computed for it."
     )
     fit_not_converged = (
-        "The fit's optimiser did not meet its tolerance within `max_steps` (or stopped on a non-finite "
-        "step): the rates are its last iterate, not an optimum. Try a larger `max_steps` or another `init`."
+        "The fit's optimiser did not meet its tolerance within `max_optimizer_steps` (or stopped on a "
+        "non-finite step): the rates are its last iterate, not an optimum. Try a larger `max_optimizer_steps` "
+        "or another `init`."
     )
     theory_solve_failed = (
         "The theory's solve at the fitted rates failed (its step limit or a non-finite state): try a larger "
-        "`max_ode_steps`, or `solver=diffrax.Kvaerno5()` for a stiff trajectory."
+        "`max_steps`, or `solver=diffrax.Kvaerno5()` for a stiff trajectory."
     )
     poor_fit = (
         "The fit converged, but the theory does not describe the data: a normalised error (RMSE / range) of "

@@ -134,11 +134,14 @@ def solve_saving_at(
     *,
     event: diffrax.Event | None = None,
     adjoint: diffrax.AbstractAdjoint | None = None,
+    progress_meter: diffrax.AbstractProgressMeter | None = None,
 ) -> Saved:
     """`diffeqsolve` from `t0` to `ts[-1]`, saving at the non-decreasing times `ts ≥ t0`, callback-free."""
     kwargs: dict[str, Any] = {} if adjoint is None else {"adjoint": adjoint}
     if event is not None:
         kwargs["event"] = event
+    if progress_meter is not None:  # a host callback: such a program is not stored for fresh processes
+        kwargs["progress_meter"] = progress_meter
     sol = diffrax.diffeqsolve(
         term, recording(solver, ts, controller, adjoint), t0, ts[-1], None, y0, args=args,
         saveat=diffrax.SaveAt(t1=True, solver_state=True), stepsize_controller=controller, max_steps=max_steps,

@@ -280,6 +280,7 @@ def solve_theory(
     eta_mean: RealScalarLike = 0.0,
     adjoint: diffrax.AbstractAdjoint | None = None,
     stop_at_steady_state: bool = True,
+    progress_meter: diffrax.AbstractProgressMeter | None = None,
     throw: bool = True,
 ) -> TheorySolution:
     """Solve the effective theory from `state0 = [h0, y0, w0]` over gradient-flow time `[t0, t1]`.
@@ -313,6 +314,9 @@ def solve_theory(
       less than the tolerance left to move (estimated from the slower convergence rate at the
       closed-form fixed point); later save times then hold that final state. Saves the long
       stability-limited tail of steps. `stats["t_final"]` is where the solve stopped.
+    - `progress_meter`: a diffrax progress meter, e.g. `diffrax.TqdmProgressMeter()` (off by default:
+      most solves take milliseconds). A solve with a meter calls back to the host, so it is not stored
+      by `enable_compilation_cache` for fresh processes.
     - `throw`: raise on failure (max steps, non-finite state). With `throw=False` the failure is
       reported in `result` instead, as batched users need.
 
@@ -339,7 +343,7 @@ def solve_theory(
         # Many starts: the batch path, which does not step in lockstep with its stiffest member.
         sol = solve_theory_batch(theory, state0, t1, t0=t0, ts=ts, solver=solver, rtol=rtol, atol=atol,
                                  max_steps=max_steps, m0=m0, eta_mean=eta_mean, adjoint=adjoint,
-                                 stop_at_steady_state=stop_at_steady_state)
+                                 stop_at_steady_state=stop_at_steady_state, progress_meter=progress_meter)
         if throw:
             raise_on_failure(sol.result, "solve_theory")
         return sol
@@ -381,12 +385,15 @@ def solve_theory(
     t0, t1, m0, eta_mean = (jnp.asarray(v, dtype) for v in (t0, t1, m0, eta_mean))
     state0 = jnp.asarray(state0, dtype)
     sol = None
-    if concrete and adjoint is None:  # through the exported-program cache, when JAX's persistent cache is on
+    if progress_meter is not None and not isinstance(progress_meter, diffrax.AbstractProgressMeter):
+        raise ValueError(f"`progress_meter` must be a diffrax progress meter, got {type(progress_meter).__name__}.")
+    if concrete and adjoint is None and progress_meter is None:
+        # through the exported-program cache, when JAX's persistent cache is on
         sol = _solve_exported(theory, state0, t0, t1, ts, solver, rtol, atol, max_steps, m0, eta_mean,
                               stop_at_steady_state)
     if sol is None:
         sol = _solve(theory, state0, t0, t1, ts, solver, rtol, atol, max_steps, m0, eta_mean, adjoint,
-                     throw and not concrete, stop_at_steady_state)
+                     throw and not concrete, stop_at_steady_state, progress_meter)
     if throw and concrete:
         raise_on_failure(sol.result, "solve_theory")
     return sol
@@ -501,7 +508,8 @@ def _steady_state(theory: EffectiveTheory, rate: Array, rtol: float, atol: float
 
 
 @eqx.filter_jit
-def _solve(theory, state0, t0, t1, ts, solver, rtol, atol, max_steps, m0, eta_mean, adjoint, throw, stop_at_steady_state):
+def _solve(theory, state0, t0, t1, ts, solver, rtol, atol, max_steps, m0, eta_mean, adjoint, throw, stop_at_steady_state,
+           progress_meter=None):
     # Concrete inputs were checked by `solve_theory`; traced ones are checked here. A member that
     # fails a check is flagged in `result` and gets NaN outputs; it is solved on harmless stand-in
     # values, so that the checks of diffrax and of the solver cannot take the whole batch down.
@@ -530,7 +538,7 @@ def _solve(theory, state0, t0, t1, ts, solver, rtol, atol, max_steps, m0, eta_me
     # so that JAX's persistent cache can keep it for the next process. After a steady-state stop the
     # later save times hold the final state (it moves less than the tolerance from there on).
     saved = solve_saving_at(diffrax.ODETerm(_regular_vector_field), solver, t0, jnp.append(ts, t1), y0, theory,
-                            controller, max_steps, event=event, adjoint=adjoint)
+                            controller, max_steps, event=event, adjoint=adjoint, progress_meter=progress_meter)
     result = RESULTS.promote(saved.result)
     t_final = saved.t_final
     a, u_par, u_perp = (v[:-1] for v in saved.ys)

@@ -129,7 +129,7 @@ def test_weights_and_init():
 
 def test_unconverged_fit_says_so():
     ts, (h, y, w) = _trajectory(1.0, 1.0, [2.0, 0.3, 0.1])
-    fit = fs.fit_effective_rates(ts, h, y, w, DX2, DY2, init=(100.0, 0.01), max_steps=2)
+    fit = fs.fit_effective_rates(ts, h, y, w, DX2, DY2, init=(100.0, 0.01), max_optimizer_steps=2)
     assert not bool(fit.converged)
 
 
@@ -140,7 +140,8 @@ def test_float32(tmp_path):
     script = f"""
 import numpy as np, flowsolve as fs
 ts, h, y, w = np.load({str(tmp_path / "data.npy")!r})
-fit = fs.fit_effective_rates(ts, h, y, w, 1.0, 0.5, rtol=1e-5, atol=1e-7, tol=1e-5)
+import optimistix as optx
+fit = fs.fit_effective_rates(ts, h, y, w, 1.0, 0.5, rtol=1e-5, atol=1e-7, optimizer=optx.LevenbergMarquardt(rtol=1e-5, atol=1e-5))
 print(fit.eta_h.dtype, float(fit.eta_h), float(fit.eta_y), bool(fit.converged))
 """
     env = dict(os.environ, JAX_ENABLE_X64="0", JAX_PLATFORMS="cpu")
@@ -271,7 +272,7 @@ def test_fit_network_bad_input():
         fs.fit_network(exp.model, three, np.concatenate([exp.targets, exp.targets[:1]]), 1.0)
     with pytest.raises(ValueError, match="not in `flow_options`"):
         fs.fit_network(exp.model, exp.inputs, exp.targets, 1.0, flow_options={"layer": 0})
-    with pytest.raises(ValueError, match="`layer` must be an int"):
+    with pytest.raises(ValueError, match="`layer` 5 is out of range"):
         fs.fit_network(exp.model, exp.inputs, exp.targets, 1.0, layer=5)
 
 
@@ -312,6 +313,35 @@ def test_compilation_cache_serves_a_fresh_process(tmp_path):
     assert float(first[2]) == float(sol.h[-1])
 
 
+@pytest.mark.parametrize(
+    "options, error, match",
+    [
+        (dict(max_steps=0), ValueError, "`max_steps` must be a positive int"),
+        (dict(max_optimizer_steps=1.5), ValueError, "`max_optimizer_steps` must be a positive int"),
+        (dict(chunk_size=True), ValueError, "`chunk_size` must be a positive int"),
+        (dict(optimizer="lm"), ValueError, "`optimizer` must be an optimistix least-squares solver"),
+        (dict(max_ode_steps=10), TypeError, r"`fit_effective_rates\(max_ode_steps=...\)` is now spelled `max_steps=`"),
+        (dict(tol=1e-6), TypeError, r"is now spelled `optimizer=optimistix.LevenbergMarquardt\(rtol=tol"),
+        (dict(chunk=2), TypeError, "is now spelled `chunk_size=`"),
+    ],
+)
+def test_bad_options_and_old_spellings(options, error, match):
+    with pytest.raises(error, match=match):
+        fs.fit_effective_rates(**_good(), **options)
+
+
+def test_optimizer_is_a_strategy_object():
+    """Any optimistix least-squares solver fits; `max_steps` bounds each theory solve (a budget too small
+    for the trajectory is `theory_solve_failed`, said, not a silent result)."""
+    import optimistix as optx
+
+    data = _good()
+    fit = fs.fit_effective_rates(**data, optimizer=optx.GaussNewton(rtol=1e-8, atol=1e-8))
+    np.testing.assert_allclose([float(fit.eta_h), float(fit.eta_y)], [2.0, 0.5], rtol=1e-5)
+    starved = fs.fit_effective_rates(**data, max_steps=2)
+    assert bool(starved.result == fs.RESULTS.theory_solve_failed) and not bool(starved.converged)
+
+
 def test_exported_programs_are_keyed_by_every_source_file(tmp_path):
     """An edit anywhere in the package, a subpackage's file included, changes the key under which
     exported programs are stored, so an edited tree never reloads a program exported before the edit."""
@@ -343,7 +373,7 @@ def test_result_says_how_the_fit_went():
     assert max(float(poor.errors[k]) for k in ("h", "y", "w")) > 0.15
     lenient = fs.fit_effective_rates(ts, h, wobbly, w, DX2, DY2, max_error=0.5)
     assert bool(lenient.result == fs.RESULTS.successful)
-    short = fs.fit_effective_rates(ts, h, wobbly, w, DX2, DY2, max_steps=1)
+    short = fs.fit_effective_rates(ts, h, wobbly, w, DX2, DY2, max_optimizer_steps=1)
     assert not bool(short.converged) and bool(short.result == fs.RESULTS.fit_not_converged)
     with pytest.raises(ValueError, match="`max_error`"):
         fs.fit_effective_rates(ts, h, y, w, DX2, DY2, max_error=0.0)

@@ -21,39 +21,48 @@ class LinearRegression(eqx.Module):
         return self.weight @ x, ()
 
 
-def test_linear_regression_matches_closed_form():
+def _tsit5_evaluations(stats):
+    return 6 * int(stats["num_steps"]) + 1  # six stages, first same as last
+
+
+def _bosh3_evaluations(stats):
+    return 3 * int(stats["num_steps"]) + 1
+
+
+def _rkc_evaluations(stats):
+    # Every accepted step takes >= 2 evaluations; the count also holds the 20 initial power iterations.
+    return max(int(stats["gradient_evaluations"]), 2 * int(stats["num_accepted_steps"]) + 1 + 20)
+
+
+@pytest.mark.parametrize(
+    "options, evaluations",
+    [
+        (dict(rtol=1e-11, atol=1e-13), _tsit5_evaluations),
+        # The PI controller and a third-order solver: the cheap choice at ~1 % accuracy on deep smooth networks.
+        (dict(rtol=1e-10, atol=1e-12, pcoeff=0.4, icoeff=0.3, solver=diffrax.Bosh3(), max_steps=100_000),
+         _bosh3_evaluations),
+        (dict(rtol=1e-10, atol=1e-12, solver=fs.RKC(), max_steps=200_000), _rkc_evaluations),
+    ],
+    ids=["tsit5", "pi-bosh3", "rkc"],
+)
+def test_linear_regression_matches_closed_form(options, evaluations):
+    """The flow of linear regression, θ(t) = θ* + exp(−tXᵀX/n)(θ0 − θ*), to 1e-7 with each solver, and
+    the gradient evaluations each solver is known to take."""
     rng = np.random.default_rng(0)
     n, d = 6, 3
     X = rng.normal(size=(n, d))
     y = rng.normal(size=(n, 1))
     theta0 = rng.normal(size=(1, d))
     ts = np.linspace(0.0, 3.0, 7)
-    sol = fs.gradient_flow(LinearRegression(jnp.asarray(theta0)), X, y, 3.0, ts=ts, rtol=1e-11, atol=1e-13,
-                           observe={"theta": lambda m, i, t: m.weight[0]})
+    sol = fs.gradient_flow(LinearRegression(jnp.asarray(theta0)), X, y, 3.0, ts=ts,
+                           observe={"theta": lambda m, i, t: m.weight[0]}, **options)
     theta_star = np.linalg.lstsq(X, y[:, 0], rcond=None)[0]
     A = X.T @ X / n
     for t, theta in zip(ts, np.asarray(sol.observed["theta"])):
         expected = theta_star + scipy.linalg.expm(-t * A) @ (theta0[0] - theta_star)
         np.testing.assert_allclose(theta, expected, atol=1e-7, rtol=0)
     np.testing.assert_allclose(sol.model.weight[0], sol.observed["theta"][-1])
-
-
-def test_pi_controlled_bosh3_matches_closed_form():
-    # The PI controller and a third-order solver (the cheap choice at ~1 % accuracy on deep
-    # smooth networks, benchmarks/README.md) integrate the same flow: linear regression, closed form.
-    rng = np.random.default_rng(1)
-    X = rng.normal(size=(5, 2))
-    y = rng.normal(size=(5, 1))
-    theta0 = rng.normal(size=(1, 2))
-    ts = np.linspace(0.0, 2.0, 5)
-    sol = fs.gradient_flow(LinearRegression(jnp.asarray(theta0)), X, y, 2.0, ts=ts, rtol=1e-10, atol=1e-12,
-                           pcoeff=0.4, icoeff=0.3, solver=diffrax.Bosh3(), max_steps=100_000,
-                           observe={"theta": lambda m, i, t: m.weight[0]})
-    theta_star = np.linalg.lstsq(X, y[:, 0], rcond=None)[0]
-    for t, theta in zip(ts, np.asarray(sol.observed["theta"])):
-        expected = theta_star + scipy.linalg.expm(-t * X.T @ X / 5) @ (theta0[0] - theta_star)
-        np.testing.assert_allclose(theta, expected, atol=1e-7, rtol=0)
-    assert int(sol.stats["gradient_evaluations"]) == 3 * int(sol.stats["num_steps"]) + 1
+    assert int(sol.stats["gradient_evaluations"]) == evaluations(sol.stats)
 
 
 @settings(max_examples=8, deadline=None)
@@ -225,6 +234,10 @@ class NoParams(eqx.Module):
         (lambda m, x, y: fs.gradient_flow(m, x, jnp.ones((2, 2)), 1.0), "output has shape"),
         (lambda m, x, y: fs.gradient_flow(m, x, jnp.ones((3, 1)), 1.0), "same leading"),
         (lambda m, x, y: fs.gradient_flow(m, x, y, 1.0, layer=2), "layer"),
+        (lambda m, x, y: fs.gradient_flow(m, x, y, 1.0, layer=True), "`layer` must be an int"),
+        (lambda m, x, y: fs.gradient_flow(m, x, y, 1.0, layer=0, observe={"loss": fs.mse_loss}), "not both"),
+        (lambda m, x, y: fs.gradient_flow(m, x, y, 1.0, observe=fs.TwoPointObserver(5)), "`layer` 5 is out of range"),
+        (lambda m, x, y: fs.TwoPointObserver("0"), "`layer` must be an int"),
         (lambda m, x, y: fs.gradient_flow(m, x, y, 0.0), "t1"),
         (lambda m, x, y: fs.gradient_flow(m, x, y, 1.0, ts=[0.0, 2.0]), "ts"),
         (lambda m, x, y: fs.gradient_flow(m, jnp.full((2, 1), jnp.nan), y, 1.0), "finite"),
@@ -245,6 +258,13 @@ def test_bad_flow_inputs(call, match):
     model, x, y = _smooth_setup()
     with pytest.raises(ValueError, match=match):
         call(model, x, y)
+
+
+def test_old_observer_spellings_name_the_new_ones():
+    with pytest.raises(AttributeError, match=r"now spelled `flowsolve.TwoPointObserver\(layer\)`"):
+        fs.two_point_observer(1)
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        fs.no_such_name  # noqa: B018
 
 
 class ScaledByList(eqx.Module):

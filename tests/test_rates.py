@@ -98,7 +98,7 @@ def test_predicted_rates_reproduce_the_linearised_flow():
 
 def test_instantaneous_rates_at_t0_equal_the_prediction():
     exp = fs.experiments.two_points("tanh", key=jax.random.key(0), width=16, depth=4)
-    observer = fs.rates_observer(exp.model, exp.layer)
+    observer = fs.RatesObserver(exp.layer)
     flow = fs.gradient_flow(exp.model, exp.inputs, exp.targets, 0.5, ts=jnp.linspace(0, 0.5, 6), observe=observer,
                             rtol=1e-8, atol=1e-10)
     rates = fs.predict_effective_rates(exp.model, exp.inputs, exp.targets, exp.layer)
@@ -140,8 +140,15 @@ def test_bad_input():
     broken = eqx.tree_at(lambda m: m.readout.weight, exp.model, replace_fn=lambda w: w * jnp.nan)
     with pytest.raises(ValueError, match="Non-finite tangent kernels"):
         fs.predict_effective_rates(broken, exp.inputs, exp.targets, 1)
-    with pytest.raises(ValueError, match="split is undefined"):
-        fs.rates_observer(_NoSplit(jnp.ones(1)), 0)
+    x, t = jnp.array([[-1.0], [0.0]]), jnp.array([[0.0], [1.0]])
+    with pytest.raises(ValueError, match="split is undefined"):  # when the flow is traced
+        fs.gradient_flow(_NoSplit(jnp.ones(1)), x, t, 1.0, observe=fs.RatesObserver(0))
+    with pytest.raises(ValueError, match=r"`layer` 7 is out of range: this model has \d hidden layers"):
+        fs.gradient_flow(exp.model, exp.inputs, exp.targets, 1.0, observe=fs.RatesObserver(7))
+    with pytest.raises(ValueError, match="`layer` must be an int"):
+        fs.RatesObserver(1.0)
+    with pytest.raises(AttributeError, match=r"now spelled `flowsolve.RatesObserver\(layer\)`"):
+        fs.rates_observer(exp.model, 0)
 
 
 def test_prediction_against_the_fit_on_a_wide_network():
@@ -177,7 +184,7 @@ def test_alignment_closed_forms():
     np.testing.assert_allclose(float(aligned.cos_theta), 1.0, rtol=1e-12)
     # Along a flow, the observer records it; at t = 0 it is the prediction.
     exp = fs.experiments.two_points("tanh", key=jax.random.key(0), width=16, depth=4)
-    obs = fs.rates_observer(exp.model, exp.layer)(exp.model, exp.inputs, exp.targets)
+    obs = fs.RatesObserver(exp.layer)(exp.model, exp.inputs, exp.targets)
     pred = fs.predict_effective_rates(exp.model, exp.inputs, exp.targets, exp.layer)
     np.testing.assert_allclose(float(obs["cos_theta"]), float(pred.cos_theta), rtol=1e-12)
 

@@ -7,13 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import scipy.linalg
 
 import flowsolve as fs
 import models
 from flowsolve import RESULTS
 
-from .test_flow import LinearRegression
 
 # A stiff linear system with a real spectrum, like a gradient flow near a minimum: stiffness 1e4.
 LAMBDAS = jnp.geomspace(0.1, 1000.0, 30)
@@ -79,24 +77,6 @@ def test_reverse_mode_derivatives():
 
     exact = jax.grad(lambda k: jnp.sum(jnp.exp(-k * lam * 2.0)))(1.0)
     np.testing.assert_allclose(jax.grad(final)(1.0, diffrax.RecursiveCheckpointAdjoint()), exact, rtol=1e-6)
-
-
-def test_gradient_flow_with_rkc_matches_linear_regression_closed_form():
-    rng = np.random.default_rng(2)
-    n, d = 6, 3
-    X = rng.normal(size=(n, d))
-    y = rng.normal(size=(n, 1))
-    theta0 = rng.normal(size=(1, d))
-    ts = np.linspace(0.0, 3.0, 7)
-    sol = fs.gradient_flow(LinearRegression(jnp.asarray(theta0)), X, y, 3.0, ts=ts, rtol=1e-10, atol=1e-12,
-                           solver=fs.RKC(), max_steps=200_000, observe={"theta": lambda m, i, t: m.weight[0]})
-    theta_star = np.linalg.lstsq(X, y[:, 0], rcond=None)[0]
-    for t, theta in zip(ts, np.asarray(sol.observed["theta"])):
-        expected = theta_star + scipy.linalg.expm(-t * X.T @ X / n) @ (theta0[0] - theta_star)
-        np.testing.assert_allclose(theta, expected, atol=1e-7, rtol=0)
-    # Every accepted step takes ≥ 2 evaluations; the count also holds the 20 initial power iterations.
-    evals = int(sol.stats["gradient_evaluations"])
-    assert evals >= 2 * int(sol.stats["num_accepted_steps"]) + 1 + 20
 
 
 def test_dense_output_is_the_cubic_hermite_interpolant():

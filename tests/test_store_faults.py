@@ -15,7 +15,6 @@ import textwrap
 import time
 import warnings
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

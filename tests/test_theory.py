@@ -482,3 +482,16 @@ def test_derivatives_through_the_recorded_saves():
     forward = float(jax.jacfwd(lambda e: final_h(e, diffrax.ForwardMode()))(1.3))
     central = (float(final_h(1.3 + 1e-5)) - float(final_h(1.3 - 1e-5))) / 2e-5
     np.testing.assert_allclose([reverse, forward], central, rtol=1e-7)
+
+
+def test_progress_meter_reports_and_changes_nothing(capsys):
+    import diffrax
+
+    theory = EffectiveTheory(1.0, 1.0, 1.0, 0.5)
+    plain = solve_theory(theory, [0.1, 0.0, 0.0], 50.0)
+    shown = solve_theory(theory, [0.1, 0.0, 0.0], 50.0, progress_meter=diffrax.TextProgressMeter())
+    assert "100.00%" in capsys.readouterr().out
+    for k in ("h", "y", "w", "loss"):
+        np.testing.assert_array_equal(np.asarray(getattr(shown, k)), np.asarray(getattr(plain, k)))
+    with pytest.raises(ValueError, match="`progress_meter` must be a diffrax progress meter"):
+        solve_theory(theory, [0.1, 0.0, 0.0], 50.0, progress_meter="tqdm")

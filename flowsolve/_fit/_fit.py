@@ -6,14 +6,16 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optimistix as optx
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 from .._compile_cache import call_cached
 from .._custom_types import RealScalarLike
+from .._renamed import renamed_keywords
 from .._results import RESULTS
 from .._validation import is_concrete
 from ._data import Data, prepare
-from ._least_squares import fit_batch, fit_batch_impl, Layout, Solver, VectorField
+from ._least_squares import DEFAULT_OPTIMIZER, fit_batch, fit_batch_impl, Layout, Optimizer, Solver, VectorField
 from ._result import FitResult, result_treedef
 
 
@@ -21,6 +23,11 @@ def _default_chunk(n: int) -> int:
     return 1 if jax.default_backend() == "cpu" else n
 
 
+@renamed_keywords(
+    max_ode_steps="max_steps=",
+    tol="optimizer=optimistix.LevenbergMarquardt(rtol=tol, atol=tol)",
+    chunk="chunk_size=",
+)
 def fit_effective_rates(
     ts: Float[ArrayLike, "*batch times"],
     h: Float[ArrayLike, "*batch times"],
@@ -37,10 +44,10 @@ def fit_effective_rates(
     solver: diffrax.AbstractAdaptiveSolver | None = None,
     rtol: float = 1e-8,
     atol: float = 1e-10,
-    max_ode_steps: int = 4096,
-    tol: float = 1e-8,
-    max_steps: int = 100,
-    chunk: int | None = None,
+    max_steps: int = 4096,
+    optimizer: optx.AbstractLeastSquaresSolver | None = None,
+    max_optimizer_steps: int = 100,
+    chunk_size: int | None = None,
     max_error: float = 0.15,
 ) -> FitResult:
     """Fit the effective learning rates `η_h, η_y` of the theory to an observed trajectory.
@@ -78,10 +85,14 @@ def fit_effective_rates(
       instead (e.g. to check that altered equations fit worse); solved in `(h, y, w)` directly.
     - `solver`: the diffrax solver of the theory; default `diffrax.Tsit5()` (pass
       `diffrax.Kvaerno5()` for stiff trajectories, see `EffectiveTheory.stiffness`).
-    - `rtol`, `atol`, `max_ode_steps`: of the theory's solves.
-    - `tol`: the optimiser's tolerance (relative and absolute, on the log-rates and the cost).
-    - `max_steps`: the most optimiser steps; a fit that needs more has `converged = False`.
-    - `chunk`: how many trajectories of a batch are vmapped together (the chunks run in turn, in one
+    - `rtol`, `atol`, `max_steps`: of the theory's solves (`max_steps`: the most solver steps of one
+      solve, as in `solve_theory`).
+    - `optimizer`: the optimistix least-squares solver; default
+      `optimistix.LevenbergMarquardt(rtol=1e-8, atol=1e-8)` (its tolerances act on the log-rates and
+      the cost). Pass e.g. `optimistix.LevenbergMarquardt(rtol=1e-6, atol=1e-6, verbose=True)` to see
+      each step.
+    - `max_optimizer_steps`: the most optimiser steps; a fit that needs more has `converged = False`.
+    - `chunk_size`: how many trajectories of a batch are vmapped together (the chunks run in turn, in one
       compiled call). Default: 1 on a CPU, where lockstep makes vmapped fits slower than one at a
       time (`benchmarks/bench_fit.py`), the whole batch elsewhere.
     - `max_error`: a converged fit whose normalised error (RMSE / range) of h, y or w exceeds this
@@ -120,22 +131,27 @@ def fit_effective_rates(
         init_arr = np.asarray(init, dtype=np.float64)
         if init_arr.shape != (2,) or not np.all(np.isfinite(init_arr)) or np.any(init_arr <= 0):
             raise ValueError(f"`init` must be two finite positive rates (eta_h, eta_y), got {init!r}.")
-    for name, value in (("rtol", rtol), ("atol", atol), ("tol", tol), ("max_error", max_error)):
+    for name, value in (("rtol", rtol), ("atol", atol), ("max_error", max_error)):
         if not (isinstance(value, (int, float)) and value > 0):
             raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
+    if optimizer is not None and not isinstance(optimizer, optx.AbstractLeastSquaresSolver):
+        raise ValueError("`optimizer` must be an optimistix least-squares solver "
+                         f"(e.g. optimistix.LevenbergMarquardt), got {type(optimizer).__name__}.")
     n = data.ts.shape[0]
-    chunk = _default_chunk(n) if chunk is None else chunk
-    for name, value in (("max_ode_steps", max_ode_steps), ("max_steps", max_steps), ("chunk", chunk)):
-        if not (isinstance(value, int) and value > 0):
+    chunk_size = _default_chunk(n) if chunk_size is None else chunk_size
+    for name, value in (("max_steps", max_steps), ("max_optimizer_steps", max_optimizer_steps),
+                        ("chunk_size", chunk_size)):
+        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
             raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
     dtype = data.ts.dtype
     init_batch = jnp.broadcast_to(jnp.asarray(init_arr, dtype), (n, 2))
-    solve = Solver(vector_field, diffrax.Tsit5() if solver is None else solver, rtol, atol, max_ode_steps)
+    solve = Solver(vector_field, diffrax.Tsit5() if solver is None else solver, rtol, atol, max_steps)
+    optimise = Optimizer(DEFAULT_OPTIMIZER if optimizer is None else optimizer, max_optimizer_steps)
     if traced:
-        result = fit_batch(data, init_batch, layout, solve, tol, max_steps, min(chunk, n))
+        result = fit_batch(data, init_batch, layout, solve, optimise, min(chunk_size, n))
         result = _mask_invalid(result, valid)
     else:
-        result = _run(data, init_batch, layout, solve, tol, max_steps, min(chunk, n))
+        result = _run(data, init_batch, layout, solve, optimise, min(chunk_size, n))
     worst = jnp.maximum(jnp.maximum(result.errors["h"], result.errors["y"]), result.errors["w"])
     poor = (result.result == RESULTS.successful) & ~(worst <= max_error)
     result = eqx.tree_at(lambda r: r.result, result, _where_each(poor, RESULTS.poor_fit, result.result))
@@ -162,19 +178,19 @@ def _mask_invalid(result: FitResult, valid: Bool[Array, " n"]) -> FitResult:
     return eqx.tree_at(lambda r: r.result, jax.tree_util.tree_map(mask, result), code)
 
 
-def _run(data: Data, init, layout: Layout, solve: Solver, tol, max_steps, chunk) -> FitResult:
+def _run(data: Data, init, layout: Layout, solve: Solver, optimise: Optimizer, chunk) -> FitResult:
     """The compiled fit; through the exported-program cache when JAX's persistent cache is on."""
     if solve.vector_field is None:  # a user's callable cannot be part of a cache key
         leaves, data_def = jax.tree_util.tree_flatten(data)
 
         def flat_fit(*args):
             fit = fit_batch_impl(jax.tree_util.tree_unflatten(data_def, args[:-1]), args[-1], layout, solve,
-                                  tol, max_steps, chunk)
+                                  optimise, chunk)
             return jax.tree_util.tree_leaves(fit)
 
-        key = (layout, repr(solve), tol, max_steps, chunk, "result")  # "result": FitResult has a result code
+        key = (layout, repr(solve), repr(optimise), chunk, "result")  # "result": FitResult has a result code
         out = call_cached("fit_effective_rates", flat_fit, key, [*leaves, init])
         if out is not None:
             errors = ["h", "y", "w"] + (["m", "loss"] if layout.fit_mean else [])
             return jax.tree_util.tree_unflatten(result_treedef(errors), out)
-    return fit_batch(data, init, layout, solve, tol, max_steps, chunk)
+    return fit_batch(data, init, layout, solve, optimise, chunk)

@@ -67,6 +67,22 @@ def _unpack(layout: Layout, params: Array, data: Data):
     return rates, start, eta_mean, m0
 
 
+DEFAULT_OPTIMIZER = optx.LevenbergMarquardt(rtol=1e-8, atol=1e-8)
+
+
+class Optimizer(eqx.Module):
+    """The least-squares solver and its step budget."""
+
+    solver: optx.AbstractLeastSquaresSolver
+    max_steps: int = eqx.field(static=True)
+
+    def __repr__(self) -> str:
+        # The default solver's repr holds `<function max_norm>`; say it plainly so that the fit's
+        # exported program can be keyed by it (`_compile_cache` stores nothing keyed by a `<...>` repr).
+        solver = "default" if self.solver is DEFAULT_OPTIMIZER else repr(self.solver)
+        return f"Optimizer({solver}, max_steps={self.max_steps})"
+
+
 class Solver(eqx.Module):
     vector_field: VectorField | None  # an eqx.Module's arrays are traced: one compilation for many
     solver: diffrax.AbstractAdaptiveSolver
@@ -107,7 +123,7 @@ def _residuals(params, args):
     return r
 
 
-def fit_one(data: Data, init, layout: Layout, solve: Solver, tol, max_steps):
+def fit_one(data: Data, init, layout: Layout, solve: Solver, optimise: Optimizer):
     integral = integral_start(data)
     # Two starts, the better fit wins: the integral estimate, and equal rates at its geometric mean.
     # When the theory describes the data only roughly, the integral estimate can be biased into the
@@ -123,11 +139,11 @@ def fit_one(data: Data, init, layout: Layout, solve: Solver, tol, max_steps):
         if layout.fit_start:
             rest.append(data.m[:1])
     args = (layout, solve, data)
-    lm = optx.LevenbergMarquardt(rtol=tol, atol=tol)
 
     def solve_from(start_rates):
         params0 = jnp.concatenate([jnp.log(start_rates), *rest])
-        sol = optx.least_squares(_residuals, lm, params0, args, max_steps=max_steps, throw=False)
+        sol = optx.least_squares(_residuals, optimise.solver, params0, args, max_steps=optimise.max_steps,
+                                 throw=False)
         cost = jnp.sum(_residuals(sol.value, args) ** 2)
         cost = jnp.where(jnp.isfinite(cost), cost, jnp.inf)
         return sol.value, cost, sol.result == optx.RESULTS.successful, sol.stats["num_steps"]
@@ -198,11 +214,11 @@ def _normalised_errors(states, data: Data, layout: Layout, eta_mean, m0):
     return errors
 
 
-def fit_batch_impl(data, init, layout, solve, tol, max_steps, chunk):
+def fit_batch_impl(data, init, layout, solve, optimise, chunk):
     # `chunk` trajectories are vmapped together, chunks run one after another (`lax.map`). A vmapped
     # optimiser loop steps every member until the slowest is done, so on a CPU one at a time is
     # fastest (chunk 1: no masking at all); a GPU wants the whole batch at once.
-    fit = lambda d, i: fit_one(d, i, layout, solve, tol, max_steps)  # noqa: E731
+    fit = lambda d, i: fit_one(d, i, layout, solve, optimise)  # noqa: E731
     if chunk == 1:
         return jax.lax.map(lambda args: fit(*args), (data, init))
     return jax.lax.map(lambda args: fit(*args), (data, init), batch_size=chunk)
