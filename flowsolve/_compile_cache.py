@@ -66,15 +66,17 @@ def call_cached(name: str, fn: Callable, key: Any, args: Sequence[Any]) -> list[
     """`fn(*args)` (flat arrays in, a flat list of arrays out) through an exported program.
 
     `key` must determine the program given the arguments' shapes and dtypes (which are added to
-    it). Returns `None` when the cache is off or the program cannot be exported; the caller then
+    it): its repr, which must name every value (a key holding an array or a function is not stored). Returns `None` when the cache is off or the program cannot be exported; the caller then
     runs its ordinary jitted path.
     """
     directory = cache_dir()
     if directory is None:
         return None
-    if "<" in repr(key):
-        # A setting that holds a function or another object whose repr does not say what it computes
-        # (`<function norm>`, `<lambda>`): two different ones could share a key, so it is never stored.
+    arrays = any(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in jax.tree_util.tree_leaves(key))
+    if arrays or "<" in repr(key):
+        # A setting whose repr does not say what it computes — one holding an array (printed by its shape
+        # alone) or a function (`<function norm>`, `<lambda>`): two different ones could share a key, so
+        # such a program is never stored.
         return None
     from jax import export  # lazily: it needs `flatbuffers`
 

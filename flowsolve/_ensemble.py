@@ -115,7 +115,7 @@ def ensemble_flow(
     ts_c = concrete_array(ts)
     if ts_c is not None and t1_c is not None and (np.any(np.diff(ts_c) < 0) or ts_c[0] < 0 or ts_c[-1] > t1_c):
         raise ValueError(f"`ts` must be non-decreasing and lie in [0, t1] = [0, {float(t1_c)}].")
-    controller = pid_controller(rtol, atol, pcoeff, icoeff, norm=_member_rms_max)
+    controller = pid_controller(rtol, atol, pcoeff, icoeff, dtype, norm=_member_rms_max)
     solver = diffrax.Tsit5() if solver is None else solver
     data_axis = 0 if data_batched else None
     sol = _ensemble(models, inputs, targets, t1, ts, observer, loss, solver, controller, max_steps, data_axis,

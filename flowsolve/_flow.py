@@ -189,16 +189,19 @@ def _gradient_evaluations(solver, num_steps, num_rejected, solver_state):
     return num_steps * per_step + 1
 
 
-def pid_controller(rtol, atol, pcoeff, icoeff, norm=None) -> diffrax.PIDController:
+def pid_controller(rtol, atol, pcoeff, icoeff, dtype, norm=None) -> diffrax.PIDController:
     """The flows' step-size controller, its arguments checked (rtol > 0, atol ≥ 0, pcoeff ≥ 0,
     icoeff > 0); `norm` as in diffrax (default its RMS norm, a NaN norm counting as an infinite error:
-    `rms_norm_nan_is_inf`)."""
+    `rms_norm_nan_is_inf`). The tolerances are arrays of the state's `dtype`, values inside the compiled
+    flow rather than part of it, so a convergence study over tolerances compiles once; the coefficients
+    stay numbers (diffrax skips a factor whose coefficient is zero)."""
     check_positive("rtol", rtol)
     check_positive("atol", atol, allow_zero=True)
     check_positive("pcoeff", pcoeff, allow_zero=True)
     check_positive("icoeff", icoeff)
     norm = rms_norm_nan_is_inf if norm is None else norm
-    return diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff, norm=norm)
+    return diffrax.PIDController(rtol=jnp.asarray(rtol, dtype), atol=jnp.asarray(atol, dtype), pcoeff=pcoeff,
+                                 icoeff=icoeff, norm=norm)
 
 
 def gradient_flow(
@@ -277,8 +280,8 @@ def gradient_flow(
         raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
     if loss_threshold is not None:
         check_positive("loss_threshold", loss_threshold)
-    controller = pid_controller(rtol, atol, pcoeff, icoeff)
     dtype = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))[0].dtype
+    controller = pid_controller(rtol, atol, pcoeff, icoeff, dtype)
     t1 = jnp.asarray(t1, dtype)
     if ts is None:
         ts = jnp.linspace(0.0, t1, 101).astype(dtype)
@@ -291,6 +294,8 @@ def gradient_flow(
             if np.any(np.diff(ts_c) < 0) or ts_c[0] < 0 or ts_c[-1] > t1_c:
                 raise ValueError(f"`ts` must be non-decreasing and lie in [0, t1] = [0, {float(t1_c)}].")
     solver = diffrax.Tsit5() if solver is None else solver
+    if loss_threshold is not None:  # a value inside the compiled flow, as the tolerances
+        loss_threshold = jnp.asarray(loss_threshold, dtype)
     sol = _flow(model, inputs, targets, t1, ts, observer, loss, solver, controller, max_steps, adjoint,
                 loss_threshold, progress_meter)
     return _report(sol, throw, "gradient flow")
@@ -484,8 +489,11 @@ def _descent(model, inputs, targets, lr, steps, every, optimizer, observer, loss
         else:
             k, sub = jax.random.split(k)
             grads = jax.grad(lambda q: loss(eqx.combine(q, static), xs, ys, key=sub))(p)
-        updates, s = optimizer.update(grads, s, p)
-        return optax.apply_updates(p, updates), s, k
+        # optax mixes Python scalars with int32 step counts (Adam's bias correction): its own promotion
+        # rules apply inside it, whatever the caller's `jax_numpy_dtype_promotion`.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, s = optimizer.update(grads, s, p)
+            return optax.apply_updates(p, updates), s, k
 
     n = inputs.shape[0]
     if batches is None:

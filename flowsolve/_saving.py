@@ -54,7 +54,7 @@ class _RecordingBase(diffrax.AbstractAdaptiveSolver):
         inner_state, record, index = solver_state
         y1, y_error, dense_info, inner_state, result = self.inner.step(terms, t0, t1, y0, args, inner_state, made_jump)
         n = self.ts.shape[0]
-        slots = index + jnp.arange(self.window)
+        slots = index + jnp.arange(self.window, dtype=index.dtype)
         clipped = jnp.minimum(slots, n - 1)
         times = self.ts[clipped]
         passed = (slots < n) & (times <= t1)
@@ -148,7 +148,7 @@ def solve_saving_at(
         throw=False, **kwargs,
     )
     _, record, index = sol.solver_state
-    reached = jnp.arange(ts.shape[0]) < index
+    reached = jnp.arange(ts.shape[0], dtype=index.dtype) < index
     final = jax.tree_util.tree_map(lambda a: a[-1], sol.ys)
     ys = jax.tree_util.tree_map(
         lambda rec, y: jnp.where(reached.reshape(reached.shape + (1,) * jnp.ndim(y)), rec, y), record, final)

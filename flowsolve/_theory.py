@@ -382,7 +382,7 @@ def solve_theory(
     # Outside a trace a failure is raised here, after the solve, so that the compiled program has no host
     # callback and JAX's persistent cache can keep it for the next process; traced, `error_if` raises.
     concrete = is_concrete((theory, state0, t0, t1, ts, m0, eta_mean))
-    t0, t1, m0, eta_mean = (jnp.asarray(v, dtype) for v in (t0, t1, m0, eta_mean))
+    t0, t1, m0, eta_mean, rtol, atol = (jnp.asarray(v, dtype) for v in (t0, t1, m0, eta_mean, rtol, atol))
     state0 = jnp.asarray(state0, dtype)
     sol = None
     if progress_meter is not None and not isinstance(progress_meter, diffrax.AbstractProgressMeter):
@@ -405,13 +405,13 @@ def _solve_exported(theory, state0, t0, t1, ts, solver, rtol, atol, max_steps, m
     from ._compile_cache import call_cached
 
     def flat(eta_h, eta_y, dx2, dy2, *rest):
-        state, start, end, times, m, rate = rest
-        out = _solve(EffectiveTheory(eta_h, eta_y, dx2, dy2), state, start, end, times, solver, rtol, atol,
+        state, start, end, times, m, rate, relative, absolute = rest
+        out = _solve(EffectiveTheory(eta_h, eta_y, dx2, dy2), state, start, end, times, solver, relative, absolute,
                      max_steps, m, rate, None, False, stop)
         return jax.tree_util.tree_leaves(out)
 
-    args = [theory.eta_h, theory.eta_y, theory.dx2, theory.dy2, state0, t0, t1, ts, m0, eta_mean]
-    out = call_cached("solve_theory", flat, (repr(solver), rtol, atol, max_steps, stop), args)
+    args = [theory.eta_h, theory.eta_y, theory.dx2, theory.dy2, state0, t0, t1, ts, m0, eta_mean, rtol, atol]
+    out = call_cached("solve_theory", flat, (solver, max_steps, stop), args)
     return None if out is None else jax.tree_util.tree_unflatten(_SOLUTION_TREEDEF, out)
 
 
@@ -460,7 +460,7 @@ def _admissible(theory: EffectiveTheory, state0: Array) -> Bool[Array, ""]:
 def _default_solver(theory: EffectiveTheory, state0) -> diffrax.AbstractAdaptiveSolver:
     if not is_concrete((theory, state0)) or np.ndim(theory.eta_h) != 0:
         return diffrax.Tsit5()
-    h0, y0, _ = np.asarray(state0, dtype=np.float64)
+    h0, y0, _ = np.asarray(state0, dtype=theory.eta_h.dtype)  # the theory's precision
     stiff = float(theory.stiffness(h0, y0)) > STIFFNESS_THRESHOLD
     return diffrax.Kvaerno5() if stiff else diffrax.Tsit5()
 

@@ -10,6 +10,8 @@ os.environ.setdefault("FLOWSOLVE_CACHE", os.path.join(tempfile.gettempdir(), f"f
 jax.config.update("jax_enable_x64", True)
 # As diffrax's tests: an implicit broadcast of arrays of different ranks is an error, not a silent guess.
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# And an implicit promotion between dtypes (int32 with int64, float32 with float64) is an error too.
+jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 
 def pytest_configure(config):

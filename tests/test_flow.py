@@ -13,6 +13,8 @@ import flowsolve as fs
 import models
 from flowsolve import RESULTS
 
+from .helpers import assert_tree_allclose
+
 
 class LinearRegression(eqx.Module):
     weight: jax.Array
@@ -165,8 +167,7 @@ def test_vmap_over_keys_equals_loop():
     batched = eqx.filter_vmap(run)(keys)
     for i, key in enumerate(keys):
         single = fs.gradient_flow(models.MLP(1, 1, 8, 3, "tanh", key=key), x, y, 1.0, ts=ts, layer=1)
-        for k in ("h", "y", "w", "loss"):
-            np.testing.assert_allclose(batched.observed[k][i], single.observed[k], rtol=1e-6, atol=1e-10)
+        assert_tree_allclose({k: v[i] for k, v in batched.observed.items()}, single.observed, rtol=1e-6, atol=1e-10)
     assert np.all(np.asarray(batched.result == RESULTS.successful))
 
 
@@ -447,8 +448,25 @@ def test_progress_meter_reports_and_changes_nothing(capsys):
     plain = fs.gradient_flow(net, x, y, 2.0, ts=ts, layer=1)
     shown = fs.gradient_flow(net, x, y, 2.0, ts=ts, layer=1, progress_meter=diffrax.TextProgressMeter())
     assert "100.00%" in capsys.readouterr().out
-    for k in ("h", "y", "w", "loss"):
-        np.testing.assert_array_equal(np.asarray(shown.observed[k]), np.asarray(plain.observed[k]))
+    assert_tree_allclose(shown.observed, plain.observed)  # to the last bit
     nets = eqx.filter_vmap(lambda k: models.MLP(1, 1, 8, 2, "tanh", key=k))(jax.random.split(jax.random.key(1), 2))
     ens = fs.ensemble_flow(nets, x, y, 2.0, ts=ts, layer=1, progress_meter=diffrax.TextProgressMeter())
     assert "100.00%" in capsys.readouterr().out and ens.observed["h"].shape == (2, 5)
+
+
+def test_other_tolerances_reuse_the_compiled_flow():
+    """rtol, atol and loss_threshold are values inside the compiled flow: a convergence study compiles once."""
+    from .helpers import CompileCounter
+
+    model, x, y = _smooth_setup()
+    ts = np.linspace(0.0, 2.0, 5)
+    loose = fs.gradient_flow(model, x, y, 2.0, ts=ts, rtol=1e-4, atol=1e-6)
+    with CompileCounter() as compiled:
+        tight = fs.gradient_flow(model, x, y, 2.0, ts=ts, rtol=1e-8, atol=1e-10)
+    assert compiled.count == 0
+    assert int(tight.stats["num_steps"]) > int(loose.stats["num_steps"])
+    early = fs.gradient_flow(model, x, y, 2.0, ts=ts, loss_threshold=1e-1)
+    with CompileCounter() as compiled:
+        earlier = fs.gradient_flow(model, x, y, 2.0, ts=ts, loss_threshold=2e-1)
+    assert compiled.count == 0
+    assert float(earlier.stats["t_final"]) <= float(early.stats["t_final"])

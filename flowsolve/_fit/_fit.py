@@ -188,7 +188,7 @@ def _run(data: Data, init, layout: Layout, solve: Solver, optimise: Optimizer, c
                                   optimise, chunk)
             return jax.tree_util.tree_leaves(fit)
 
-        key = (layout, repr(solve), repr(optimise), chunk, "result")  # "result": FitResult has a result code
+        key = (layout, solve, optimise, chunk, "result")  # "result": FitResult has a result code
         out = call_cached("fit_effective_rates", flat_fit, key, [*leaves, init])
         if out is not None:
             errors = ["h", "y", "w"] + (["m", "loss"] if layout.fit_mean else [])
