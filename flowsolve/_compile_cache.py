@@ -66,8 +66,9 @@ def call_cached(name: str, fn: Callable, key: Any, args: Sequence[Any]) -> list[
     """`fn(*args)` (flat arrays in, a flat list of arrays out) through an exported program.
 
     `key` must determine the program given the arguments' shapes and dtypes (which are added to
-    it): its repr, which must name every value (a key holding an array or a function is not stored). Returns `None` when the cache is off or the program cannot be exported; the caller then
-    runs its ordinary jitted path.
+    it) by its repr, which must name every value: a key holding an array or a function is not stored.
+    Returns `None` when the cache is off or the program cannot be exported (or not keyed); the caller
+    then runs its ordinary jitted path.
     """
     directory = cache_dir()
     if directory is None:

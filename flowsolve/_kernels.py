@@ -15,7 +15,6 @@ along v. Likewise the decoder moves the output difference by `−¼·κ_d·r` ag
 no Jacobian is ever materialised.
 """
 
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
