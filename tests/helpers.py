@@ -1,4 +1,4 @@
-"""Shared test helpers: admissible random states and tolerance statements."""
+"""Shared test helpers: admissible random states, a tree comparison, a counter of XLA compilations."""
 
 import numpy as np
 
