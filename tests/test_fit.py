@@ -203,9 +203,16 @@ def test_alternatives_fit_worse_on_the_network(network_fit):
 
 def test_every_alternative_fits_worse_where_all_terms_matter():
     # η_h = η_y and a start far from the fixed point: every term of every equation is O(1).
+    # Two alterations blow up: with a budget of 512 steps (the true system takes 64) their theory's solve
+    # fails sooner than with the default 4096, and the fit says so (`theory_solve_failed`: `max_steps`
+    # bounds each theory solve, a budget too small is reported, never a silent result).
     ts, (h, y, w) = _trajectory(1.0, 1.0, [0.3, 0.1, 0.2])
-    residual = {name: float(fs.fit_effective_rates(ts, h, y, w, DX2, DY2, vector_field=field).residual)
-                for name, field in ALTERNATIVES.items()}
+    fits = {name: fs.fit_effective_rates(ts, h, y, w, DX2, DY2, vector_field=field, max_steps=512)
+            for name, field in ALTERNATIVES.items()}
+    for name in ("2× dh equation", "flipped encoder term of dw"):
+        assert bool(fits[name].result == fs.RESULTS.theory_solve_failed) and not bool(fits[name].converged)
+        assert int(fits[name].ode_steps) == 512
+    residual = {name: float(fit.residual) for name, fit in fits.items()}
     true = residual.pop("true system")
     assert true < 1e-10
     for name, value in residual.items():
@@ -331,15 +338,12 @@ def test_bad_options_and_old_spellings(options, error, match):
 
 
 def test_optimizer_is_a_strategy_object():
-    """Any optimistix least-squares solver fits; `max_steps` bounds each theory solve (a budget too small
-    for the trajectory is `theory_solve_failed`, said, not a silent result)."""
+    """Any optimistix least-squares solver fits (`max_steps`, the theory solve's budget, is tested with
+    the alternatives above)."""
     import optimistix as optx
 
-    data = _good()
-    fit = fs.fit_effective_rates(**data, optimizer=optx.GaussNewton(rtol=1e-8, atol=1e-8))
+    fit = fs.fit_effective_rates(**_good(), optimizer=optx.GaussNewton(rtol=1e-8, atol=1e-8))
     np.testing.assert_allclose([float(fit.eta_h), float(fit.eta_y)], [2.0, 0.5], rtol=1e-5)
-    starved = fs.fit_effective_rates(**data, max_steps=2)
-    assert bool(starved.result == fs.RESULTS.theory_solve_failed) and not bool(starved.converged)
 
 
 def test_exported_programs_are_keyed_by_every_source_file(tmp_path):

@@ -170,12 +170,13 @@ def test_ctrl_c_stops_after_the_running_chunk_which_is_kept(tmp_path):
 
 def recovered_rates(p):
     """A sweep of fits: the theory's trajectory at the point's η_h, and the rates fitted to it. At
-    η_h = 3 the data are made invalid (h ≤ 0 at one sample)."""
+    η_h = 3 the data are made invalid (h ≤ 0 at one sample); at η_h = 4 every weight is 0 (no data)."""
     ts = jnp.linspace(0.0, 20.0, 21)
     sol = fs.solve_theory(fs.EffectiveTheory(p["eta_h"], 0.5, 1.0, 0.5), jnp.stack([0.05, 0.0, 0.0]), 20.0, ts=ts,
                           throw=False)
     h = jnp.where(p["eta_h"] == 3.0, sol.h.at[5].set(-1.0), sol.h)
-    fit = fs.fit_effective_rates(sol.ts, h, sol.y, sol.w, 1.0, 0.5)
+    weights = jnp.where(p["eta_h"] == 4.0, 0.0, 1.0) * jnp.ones(21)
+    fit = fs.fit_effective_rates(sol.ts, h, sol.y, sol.w, 1.0, 0.5, weights=weights)
     return {"fit_eta_h": fit.eta_h, "fit_eta_y": fit.eta_y, "converged": fit.converged,
             "invalid": fit.result == fs.RESULTS.invalid_input, "successful": fit.result == fs.RESULTS.successful}
 
@@ -184,11 +185,15 @@ def test_a_sweep_of_fits():
     """Fits run inside a sweep (traced): the rates are recovered, equal to the fit called directly,
     and a point whose data a direct call would refuse is flagged (NaN, not converged) while the
     others go on."""
-    ds = fs.sweep(recovered_rates, {"eta_h": [1.0, 2.0, 3.0]}, progress=False)
+    ds = fs.sweep(recovered_rates, {"eta_h": [1.0, 2.0, 3.0, 4.0]}, progress=False)
     np.testing.assert_allclose(ds.fit_eta_h.values[:2], [1.0, 2.0], rtol=1e-6)
     np.testing.assert_allclose(ds.fit_eta_y.values[:2], [0.5, 0.5], rtol=1e-6)
-    assert list(ds.converged.values) == [True, True, False] and list(ds.finite.values) == [True, True, False]
-    assert list(ds.successful.values) == [True, True, False] and list(ds.invalid.values) == [False, False, True]
+    assert list(ds.converged.values) == [True, True, False, False]
+    assert list(ds.finite.values) == [True, True, False, False]
+    assert list(ds.successful.values) == [True, True, False, False]
+    assert list(ds.invalid.values) == [False, False, True, True]
+    # All-zero weights are no data: traced, the fit says so (NaN, not converged) instead of 'converging'.
+    assert np.isnan(ds.fit_eta_h.values[3])
     ts = np.linspace(0.0, 20.0, 21)
     sol = fs.solve_theory(fs.EffectiveTheory(2.0, 0.5, 1.0, 0.5), [0.05, 0.0, 0.0], 20.0, ts=ts)
     direct = fs.fit_effective_rates(sol.ts, sol.h, sol.y, sol.w, 1.0, 0.5)
@@ -199,10 +204,6 @@ def test_a_sweep_of_fits():
 
     with pytest.raises(ValueError, match="`y` has shape"):  # traced: shape errors still raise, when tracing
         jax.jit(lambda h: fs.fit_effective_rates(sol.ts, h, h[:-1], h, 1.0, 0.5))(sol.h)
-    # All-zero weights are no data: traced, the fit says so (NaN, not converged) instead of 'converging'.
-    zero = jax.jit(lambda wts: fs.fit_effective_rates(sol.ts, sol.h, sol.y, sol.w, 1.0, 0.5, weights=wts))(
-        jnp.zeros(21))
-    assert not bool(zero.converged) and np.isnan(float(zero.eta_h))
     with pytest.raises(ValueError, match=r"also axis names"):
         fs.sweep(lambda p: {"eta_h": p["eta_h"] * 2}, {"eta_h": [1.0]}, progress=False)
 
@@ -279,13 +280,14 @@ def test_sharded_over_four_host_devices_equals_unsharded(tmp_path):
         ops = ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")
         count = lambda p: sum(p.lower(example).compile().as_text().count(op) for op in ops)
         print("COLLECTIVES", count(per_device), count(lockstep) > 0)
-        # A fit cannot be traced under shard_map (lineax's linear solve): the lockstep program, said once.
+        # A point whose linear solve cannot be traced under shard_map (lineax's, as a fit's least squares
+        # holds): the lockstep program, said once, with the same values.
         import warnings
-        from test_sweep import recovered_rates
+        from test_sweep import linear_solve
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            fits = fs.sweep(recovered_rates, {{"eta_h": [1.0, 2.0, 2.5, 3.0]}}, progress=False)
-        print("FITS", np.round(fits.fit_eta_h.values[:3], 6).tolist(), fits.invalid.values.tolist())
+            solved = fs.sweep(linear_solve, {{"a": [1.0, 2.0, 4.0, 8.0]}}, progress=False)
+        print("SOLVED", solved.x.values.tolist())
         print("WARNED", [str(w.message)[:40] for w in caught if w.category is RuntimeWarning])
         """
     )
@@ -295,8 +297,16 @@ def test_sharded_over_four_host_devices_equals_unsharded(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "h.npy"), here.h.values, rtol=1e-12, atol=1e-14)
     assert "CHUNKS 2" in proc.stdout  # the budget is per device: chunks of 4 × 7 points (28 + 12)
     assert "COLLECTIVES 0 True" in proc.stdout, proc.stdout
-    assert "FITS [1.0, 2.0, 2.5] [False, False, False, True]" in proc.stdout, proc.stdout
+    assert "SOLVED [1.0, 0.5, 0.25, 0.125]" in proc.stdout, proc.stdout
     assert "WARNED ['`fn` cannot run per device under jax.sha']" in proc.stdout, proc.stdout
+
+
+def linear_solve(p):
+    """A point that solves diag(a, 1)·x = 1 with lineax (as a fit's least squares does): x₀ = 1/a."""
+    import lineax as lx
+
+    operator = lx.MatrixLinearOperator(jnp.diag(jnp.stack([p["a"], jnp.ones_like(p["a"])])))
+    return {"x": lx.linear_solve(operator, jnp.ones(2, p["a"].dtype)).value[0]}
 
 
 def heavy(p):

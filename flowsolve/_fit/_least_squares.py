@@ -111,16 +111,22 @@ def _trajectory(solve: Solver, rates, start, data: Data):
     return states, ok, sol.stats["num_steps"]
 
 
-def _residuals(params, args):
+def _residuals_and_model(params, args):
+    """The weighted, normalised residuals, and with them (as aux) the residuals again, the model's states
+    at `data.ts`, whether its solve succeeded, and its step count."""
     layout, solve, data = args
     rates, start, eta_mean, m0 = _unpack(layout, params, data)
-    states, _, _ = _trajectory(solve, rates, start, data)
+    states, ok, steps = _trajectory(solve, rates, start, data)
     r = (states - data.observed) / data.scale[None, :] * data.sqrt_weights
     r = jnp.where(jnp.isfinite(r), r, _PENALTY).reshape(-1)
     if layout.fit_mean:
         m = m0 * jnp.exp(-2 * eta_mean * (data.ts - data.ts[0]))
         r = jnp.concatenate([r, (m - data.m) / data.m_scale])
-    return r
+    return r, (r, states, ok, steps)
+
+
+def _residuals(params, args):
+    return _residuals_and_model(params, args)[0]
 
 
 def fit_one(data: Data, init, layout: Layout, solve: Solver, optimise: Optimizer):
@@ -144,11 +150,15 @@ def fit_one(data: Data, init, layout: Layout, solve: Solver, optimise: Optimizer
         params0 = jnp.concatenate([jnp.log(start_rates), *rest])
         sol = optx.least_squares(_residuals, optimise.solver, params0, args, max_steps=optimise.max_steps,
                                  throw=False)
-        cost = jnp.sum(_residuals(sol.value, args) ** 2)
+        # The residuals, their Jacobian (forward mode through the solve, for the standard errors) and
+        # the model at the optimum: one solve, its primal shared by the Jacobian's columns.
+        jac, (r, states, ok, ode_steps) = jax.jacfwd(_residuals_and_model, has_aux=True)(sol.value, args)
+        cost = jnp.sum(r**2)
         cost = jnp.where(jnp.isfinite(cost), cost, jnp.inf)
-        return sol.value, cost, sol.result == optx.RESULTS.successful, sol.stats["num_steps"]
+        at_optimum = (r, jac, states, ok, ode_steps)
+        return sol.value, cost, sol.result == optx.RESULTS.successful, sol.stats["num_steps"], at_optimum
 
-    values, costs, successes, steps = jax.lax.map(solve_from, starts)
+    values, costs, successes, steps, at_optima = jax.lax.map(solve_from, starts)
     # The first start (the integral estimate) unless another converged fit is better by more than
     # rounding (relative 1e-9 plus 1e-10 of the normalised cost): equal optima reached from both
     # starts report the integral start.
@@ -158,14 +168,12 @@ def fit_one(data: Data, init, layout: Layout, solve: Solver, optimise: Optimizer
     best = jnp.where(jnp.any(better), jnp.argmin(ranked), 0)
     params, start_rates = values[best], starts[best]
     lm_ok, num_steps = successes[best], jnp.sum(steps)
-    # Standard errors from the Jacobian at the optimum (forward mode through the solve).
-    r = _residuals(params, args)
-    jac = jax.jacfwd(_residuals)(params, args)
+    r, jac, states, ok, ode_steps = jax.tree_util.tree_map(lambda v: v[best], at_optima)
+    # Standard errors from the Jacobian at the optimum.
     dof = jnp.maximum(r.shape[0] - params.shape[0], 1)
     cov = jnp.sum(r**2) / dof * jnp.linalg.pinv(jac.T @ jac)
     se_log = jnp.sqrt(jnp.maximum(jnp.diag(cov), 0.0))
     rates, start, eta_mean, m0 = _unpack(layout, params, data)
-    states, ok, ode_steps = _trajectory(solve, rates, start, data)
     errors = _normalised_errors(states, data, layout, eta_mean, m0)
     converged = lm_ok & ok & jnp.all(jnp.isfinite(params))
     result = RESULTS.where(converged, RESULTS.successful,
