@@ -37,6 +37,12 @@ from . import _renamed
 from ._results import result_name as result_name, RESULTS as RESULTS
 from ._rkc import RKC as RKC
 from ._sweep import StoreWarning as StoreWarning, sweep as sweep
+from ._gram import (
+    GramModel as GramModel,
+    GramSolution as GramSolution,
+    predict_gram_model as predict_gram_model,
+    solve_gram as solve_gram,
+)
 from ._unaligned import (
     solve_unaligned as solve_unaligned,
     unaligned_fixed_point as unaligned_fixed_point,

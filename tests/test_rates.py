@@ -308,3 +308,48 @@ def test_the_unaligned_model_refuses_bad_input():
     times = jnp.array([[0.0, 5.0, 10.0], [0.0, 5.0, 2.0]])
     sols = jax.vmap(lambda t: fs.solve_unaligned(theory, jnp.array(good), 2.0, 10.0, ts=t, throw=False))(times)
     np.testing.assert_array_equal(np.asarray(sols.result == fs.RESULTS.invalid_input), [False, True])
+
+
+def test_the_gram_model_is_exact_on_a_two_layer_linear_network():
+    """A two-layer linear network with biases, random inputs and targets: the model's constants are
+    kᵢⱼ = xᵢxⱼ + 1, η_u = η_c = 1, its start is the network's, and its solve follows the network's exact
+    gradient flow (h, y, w, m, loss) to the solvers' tolerance, the mean–difference coupling included."""
+    x = jnp.array([[0.3], [-0.8]])
+    targets = jnp.array([[0.6], [-0.4]])
+    net = models.MLP(1, 1, 20, 1, activation="none", gain=0.7, key=jax.random.key(4))
+    # Nonzero biases, so that neither point's hidden state is special.
+    net = eqx.tree_at(lambda n: n.layers[0].bias, net, 0.3 * jax.random.normal(jax.random.key(5), (20,)))
+    model = fs.predict_gram_model(net, x, targets, 0)
+    np.testing.assert_allclose(model.encoder_kernel, x @ x.T + 1, rtol=1e-12)
+    np.testing.assert_allclose([model.eta_u, model.eta_c], [1.0, 1.0], rtol=1e-10)
+    ts = np.linspace(0.0, 6.0, 13)
+    flow = fs.gradient_flow(net, x, targets, 6.0, ts=ts, layer=0, rtol=1e-11, atol=1e-13)
+    sol = fs.solve_gram(model, 6.0, ts=ts, rtol=1e-11, atol=1e-13)
+    for k in ("h", "y", "w", "m", "loss"):
+        np.testing.assert_allclose(getattr(sol, k), flow.observed[k], rtol=1e-8, atol=1e-11, err_msg=k)
+    assert float(sol.loss[-1]) < 0.01 * float(sol.loss[0])  # it learns: the comparison is not at rest
+    # The alignment in closed form at the start: |u·dh|/(‖u‖·‖dh‖) with u = W₂ᵀ, dh = W₁·(x₂ − x₁).
+    u, dh = net.readout.weight[0], net.layers[0].weight @ (x[1] - x[0])
+    np.testing.assert_allclose(sol.cos_theta[0], abs(u @ dh) / (jnp.linalg.norm(u) * jnp.linalg.norm(dh)),
+                               rtol=1e-10)
+
+
+def test_the_gram_model_refuses_bad_input():
+    net = models.MLP(1, 1, 8, 1, activation="none", key=jax.random.key(0))
+    x, y = fs.experiments.two_point_data(x0=-0.5)
+    model = fs.predict_gram_model(net, x, y, 0)
+    with pytest.raises(ValueError, match="exactly two points"):
+        fs.predict_gram_model(net, x[:1], y, 0)
+    with pytest.raises(ValueError, match="one-dimensional"):
+        fs.predict_gram_model(net, x, jnp.ones((2, 3)), 0)
+    with pytest.raises(ValueError, match="`t1` must be > 0"):
+        fs.solve_gram(model, 0.0)
+    with pytest.raises(ValueError, match="model.c0"):
+        fs.solve_gram(eqx.tree_at(lambda m: m.c0, model, jnp.nan), 1.0)
+    with pytest.raises(ValueError, match="`ts`"):
+        fs.solve_gram(model, 1.0, ts=[0.0, 2.0])
+    # A solve that runs out of steps is said, or reported in `result` with `throw=False`.
+    with pytest.raises(eqx.EquinoxRuntimeError, match="solve_gram failed"):
+        fs.solve_gram(model, 100.0, max_steps=2)
+    failed = fs.solve_gram(model, 100.0, max_steps=2, throw=False)
+    assert bool(failed.result != fs.RESULTS.successful)
