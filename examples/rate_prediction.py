@@ -155,7 +155,7 @@ def load(path: pathlib.Path) -> dict[str, dict]:
 
 def report(lines: list[dict], out: pathlib.Path) -> str:
     head = ("Worst normalised error of h, y, w against the network (seed 0, width 500, GD at lr/2); in brackets "
-            "the final ‖dh‖² of the model's closed form relative to the network's final one. ✓: within 1.5× of "
+            "the final ‖dh‖² of the model's closed form (the kernel model's: its solve's last sample) relative to the network's final one. ✓: within 1.5× of "
             "the fitted theory's error and 10 % on the final ‖dh‖² (the target). kernel(t): the rates measured "
             "along the run itself (not a prediction). h equation: the network's dh/dt against −η_h(t)·dx2·w(t) with "
             "the rate measured at the same sample — the share of the first 10 % of the run where their signs "

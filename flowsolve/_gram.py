@@ -214,8 +214,9 @@ def solve_gram(
     `diffrax.Tsit5()`), `rtol`, `atol`, `max_steps`, `throw` (raise on a failed solve; else it is
     reported in `result`).
 
-    **Raises:** `ValueError` naming the argument for a non-finite model, `t1 ≤ 0` or bad `ts`;
-    `EquinoxRuntimeError` for a failed solve when `throw`.
+    **Raises:** `ValueError` naming the argument for a non-finite or non-symmetric model, `t1 ≤ 0`,
+    bad `ts` or tolerances; `EquinoxRuntimeError` for a failed solve when `throw`. Traced (under
+    `jit`/`vmap`) a failed solve is its `result`, with NaN values.
 
     !!! example
 
@@ -233,6 +234,12 @@ def solve_gram(
         check_finite(f"model.{name}", getattr(model, name))
     if model.encoder_kernel.shape != (2, 2) or model.gram0.shape != (3, 3) or model.targets.shape != (2,):
         raise ValueError("`model` must have a 2 × 2 `encoder_kernel`, a 3 × 3 `gram0` and two `targets`.")
+    for name in ("encoder_kernel", "gram0"):
+        value = concrete_array(getattr(model, name))
+        if value is not None and not np.allclose(value, value.T, rtol=1e-10, atol=0.0):
+            raise ValueError(f"`model.{name}` must be symmetric.")
+    if not (rtol > 0 and atol > 0):
+        raise ValueError(f"`rtol` and `atol` must be > 0, got rtol={rtol!r}, atol={atol!r}.")
     check_finite("t1", t1)
     t1_c = concrete_array(t1)
     if t1_c is not None and not t1_c > 0:
@@ -243,10 +250,12 @@ def solve_gram(
     t1 = jnp.asarray(t1, dtype)
     ts = jnp.linspace(0.0, t1, 101, dtype=dtype) if ts is None else jnp.asarray(ts, dtype)
     ts_c = concrete_array(ts)
-    if ts.ndim != 1 or (ts_c is not None and (np.any(np.diff(ts_c) < 0) or ts_c[0] < 0
+    if ts.ndim != 1 or (ts_c is not None and (not np.all(np.isfinite(ts_c)) or np.any(np.diff(ts_c) < 0) or ts_c[0] < 0
                                               or (t1_c is not None and ts_c[-1] > t1_c))):
         raise ValueError("`ts` must be a 1-d, non-decreasing array of times in [0, t1].")
-    sol = _solve(model, ts, diffrax.Tsit5() if solver is None else solver, rtol, atol, max_steps)
+    # The tolerances are values inside the compiled solve: another tolerance does not compile again.
+    sol = _solve(model, ts, diffrax.Tsit5() if solver is None else solver, jnp.asarray(rtol, dtype),
+                 jnp.asarray(atol, dtype), max_steps)
     if throw and is_concrete(sol.result):
         raise_on_failure(sol.result, "solve_gram")
     return sol
@@ -262,5 +271,9 @@ def _solve(model, ts, solver, rtol, atol, max_steps) -> GramSolution:
     result = RESULTS.promote(saved.result)
     result = RESULTS.where((result == RESULTS.successful) & ~jnp.all(jnp.isfinite(saved.ys)),
                            RESULTS.nonfinite_state, result)
+    # A failed solve returns NaN, never its partial state as if it were the answer.
+    failed = result != RESULTS.successful
+    h, y, w, m, loss, cos_theta, c = (jnp.where(failed, jnp.nan, v) for v in (h, y, w, m, loss, cos_theta, c))
+    gram = jnp.where(failed, jnp.nan, gram)
     return GramSolution(ts=ts, h=h, y=y, w=w, m=m, loss=loss, cos_theta=cos_theta, gram=gram, c=c,
                         result=result, stats=saved.stats)

@@ -352,4 +352,10 @@ def test_the_gram_model_refuses_bad_input():
     with pytest.raises(eqx.EquinoxRuntimeError, match="solve_gram failed"):
         fs.solve_gram(model, 100.0, max_steps=2)
     failed = fs.solve_gram(model, 100.0, max_steps=2, throw=False)
-    assert bool(failed.result != fs.RESULTS.successful)
+    assert bool(failed.result != fs.RESULTS.successful) and np.isnan(np.asarray(failed.h)).all()
+    with pytest.raises(ValueError, match="symmetric"):
+        fs.solve_gram(eqx.tree_at(lambda m: m.gram0, model, model.gram0.at[0, 1].add(1.0)), 1.0)
+    with pytest.raises(ValueError, match="`rtol` and `atol`"):
+        fs.solve_gram(model, 1.0, rtol=0.0)
+    with pytest.raises(ValueError, match="`ts`"):
+        fs.solve_gram(model, 1.0, ts=[0.0, np.nan])
