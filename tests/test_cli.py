@@ -17,6 +17,16 @@ def cli(*args, timeout=600, cwd=ROOT):
                           timeout=timeout, cwd=cwd, env=env)
 
 
+def invoke(*args):
+    """The command line in this process (`--no-cache`: the cache is the process's, and this one runs
+    other tests); stdout and stderr apart."""
+    from typer.testing import CliRunner
+
+    from flowsolve._cli import app
+
+    return CliRunner().invoke(app, ["--no-cache", *map(str, args)])
+
+
 def test_help_and_version():
     # (In-process runs pass --no-cache: the cache is the process's, and this one runs other tests.)
     # The installed entry point once; each command's help in this process (a subprocess each would pay
@@ -36,8 +46,8 @@ def test_help_and_version():
 
 
 def test_theory_command(tmp_path):
-    proc = cli("theory", "--out", tmp_path, "--h0", "0.01", "--eta-h", "2.0")
-    assert proc.returncode == 0, proc.stderr
+    proc = invoke("theory", "--out", tmp_path, "--h0", "0.01", "--eta-h", "2.0")
+    assert proc.exit_code == 0, proc.stderr
     a_low = float(proc.stdout.split("A_low = ")[1].split()[0])
     assert abs(a_low - np.sqrt(2.0 * 1.0 * 0.5)) < 1e-9  # sqrt(η_h/η_y · dx2 · dy2)
     for name in ("theory.png", "theory.csv", "summary.txt"):
@@ -136,25 +146,33 @@ def test_reproduce_command(tmp_path):
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, match):
-    proc = cli(*args, "--out", tmp_path / "o")
+    result = invoke(*args, "--out", tmp_path / "o")
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], result.stderr
+
+
+def test_bad_input_in_a_process_of_its_own(tmp_path):
+    # The same, through the interpreter: the exit code and the one line reach the shell.
+    proc = cli("theory", "--h0", "0", "--out", tmp_path / "o")
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], proc.stderr
+    assert proc.stderr.strip().splitlines() == ["error: `h0` must be > 0, got 0.0."], proc.stderr
 
 
 def test_malformed_config_and_unwritable_output(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("kind = \"theory\"\nt1 = [\n")
-    proc = cli("sweep", bad, "--out", tmp_path / "o")
-    assert proc.returncode == 2 and "malformed config" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    result = invoke("sweep", bad, "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "malformed config" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     unknown = tmp_path / "unknown.toml"
     unknown.write_text('kind = "theory"\nt1 = 5.0\n[axes]\nlearning_rate = [1.0]\n')
-    proc = cli("sweep", unknown, "--out", tmp_path / "o")
-    assert proc.returncode == 2 and "unknown parameter 'learning_rate'" in proc.stderr
+    result = invoke("sweep", unknown, "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "unknown parameter 'learning_rate'" in result.stderr
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    proc = cli("theory", "--out", blocker / "sub")  # a folder under a file cannot be created, even by root
-    assert proc.returncode == 2 and "cannot write to the output folder" in proc.stderr
+    result = invoke("theory", "--out", blocker / "sub")  # a folder under a file cannot be created, even by root
+    assert result.exit_code == 2 and "cannot write to the output folder" in result.stderr
 
 
 def test_ctrl_c_is_one_line_and_exit_code_130(capsys):
