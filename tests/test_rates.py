@@ -153,6 +153,7 @@ def test_bad_input():
         fs.rates_observer(exp.model, 0)
 
 
+@pytest.mark.slow  # a fit program of its own (201 samples of a width-200 flow): ≈ 20 s on a 2-core CPU
 def test_prediction_against_the_fit_on_a_wide_network():
     # Width 200, depth 4, tanh, gain 1, inputs ±0.5 (off any kink). Measured 2026-11-26 (seed 0):
     # predicted / fitted = 0.58 (η_h), 0.35 (η_y), 0.95 (η̄); the fit itself is excellent (< 1 %).
