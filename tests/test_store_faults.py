@@ -232,6 +232,7 @@ def _lines(log: pathlib.Path) -> list[int]:
     return [int(x) for x in log.read_text().split()] if log.exists() else []
 
 
+@pytest.mark.slow  # up to five child processes, each importing JAX and compiling its sweep: ≈ 16 s
 def test_kill_9_at_random_moments_then_resume_gives_the_same_result(tmp_path, reference):
     """Killed by SIGKILL during the computation and during chunk writes, several times over; each
     restart recomputes only chunks that were not finished, and the end result is bit-identical."""

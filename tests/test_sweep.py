@@ -461,6 +461,7 @@ np.savez(f"{out}/p{pid}.npz", h=ds.h.values, h_inf=ds.h_inf.values, ok=ds.ok.val
 """
 
 
+@pytest.mark.slow  # two JAX processes joined by jax.distributed, each importing and compiling: ≈ 14 s
 def test_one_sweep_over_two_processes_resumes_a_store(tmp_path):
     """Multi-host in miniature: two processes (`jax.distributed`, 2 host devices each) run one sweep
     together over 4 devices, resuming a store that a single-process run left after its first chunk;

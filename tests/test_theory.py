@@ -458,10 +458,10 @@ def test_a_leading_batch_axis_takes_the_batch_path():
     theory = EffectiveTheory(1.0, 1.0, 1.0, 0.5)
     rng = np.random.default_rng(2)
     states = np.stack([admissible_state(rng, 0.5) for _ in range(5)])
-    ts = np.linspace(0.0, 20.0, 6)
-    many = solve_theory(theory, states, 20.0, ts=ts)
-    assert many.h.shape == (5, 6)
-    one = solve_theory(theory, states[3], 20.0, ts=ts, solver=diffrax.Tsit5())
+    ts = np.linspace(0.0, 30.0, 7)  # the single solve is then the program of the batch test above
+    many = solve_theory(theory, states, 30.0, ts=ts)
+    assert many.h.shape == (5, 7)
+    one = solve_theory(theory, states[3], 30.0, ts=ts, solver=diffrax.Tsit5())
     np.testing.assert_allclose(np.asarray(many.h[3]), np.asarray(one.h), rtol=1e-10, atol=1e-12)
     stiff = np.concatenate([states, [[1e-3, 0.125, -0.125]]])  # Tsit5 runs out of steps on the last one
     with pytest.raises(eqx.EquinoxRuntimeError, match="maximum number of solver steps"):
