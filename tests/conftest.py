@@ -16,3 +16,15 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running tests, excluded from the default run")
+
+
+# The default run gives each pytest-xdist worker whole files (`--dist loadfile`, so a file's tests
+# share the programs they compile), in the order collected. The longest files go first, so that the
+# two workers finish together instead of one running the last long file alone.
+_LONGEST_FIRST = ("test_theory.py", "test_flow.py", "test_fit.py", "test_rates.py", "test_sweep.py", "test_rkc.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    order = {id(item): k for k, item in enumerate(items)}
+    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), order[id(item)]))
